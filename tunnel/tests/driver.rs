@@ -218,3 +218,15 @@ async fn unknown_frame_kinds_are_ignored_and_counted() {
     drop(tx);
     assert!(driver.await.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn receive_loops_end_when_the_session_ends_even_with_live_handles() {
+    let (cp, mut agent) = memory::pair(Config::default(), Duration::ZERO);
+    // A handle kept alive (as an upper layer that answers commands would)
+    // must not keep the receive loops open after the session ends.
+    let _kept = agent.connection.clone();
+    cp.connection.close("going away");
+    assert!(agent.control.recv().await.is_none());
+    assert!(agent.incoming.recv().await.is_none());
+    assert!(agent.connection.is_closed());
+}

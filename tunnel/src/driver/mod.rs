@@ -103,8 +103,8 @@ where
             slots: std::collections::HashMap::new(),
             outbound_waker: None,
             driver_waker: None,
-            incoming_tx,
-            control_tx,
+            incoming_tx: Some(incoming_tx),
+            control_tx: Some(control_tx),
             ended: None,
             unknown_frames: 0,
             wake: Vec::new(),
@@ -154,8 +154,11 @@ pub(crate) struct State<W: Wire> {
     pub(crate) slots: std::collections::HashMap<ChannelId, Slot>,
     outbound_waker: Option<Waker>,
     driver_waker: Option<Waker>,
-    incoming_tx: mpsc::Sender<IncomingChannel<W>>,
-    control_tx: mpsc::Sender<W::ControlIn>,
+    /// Dropped when the session ends, so that the upper layer's receive
+    /// loops end too (handles keep the state alive, so this cannot wait for
+    /// the state to drop).
+    incoming_tx: Option<mpsc::Sender<IncomingChannel<W>>>,
+    control_tx: Option<mpsc::Sender<W::ControlIn>>,
     ended: Option<String>,
     unknown_frames: u64,
     /// Wakers to wake once the lock is released.
@@ -256,11 +259,17 @@ impl<W: Wire> State<W> {
     fn offer_incoming(&mut self, shared: &Arc<Shared<W>>, id: ChannelId, target: Target) {
         self.slots.insert(id, Slot::default());
         let offer = IncomingChannel::new(shared.clone(), id, target);
-        if let Err(e) = self.incoming_tx.try_send(offer) {
+        let rejected = match &self.incoming_tx {
+            Some(tx) => match tx.try_send(offer) {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o)) => {
+                    Some(o)
+                }
+            },
+            None => Some(offer),
+        };
+        if let Some(offer) = rejected {
             // Dropping the offer would lock again; answer here instead.
-            let offer = match e {
-                mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
-            };
             offer.disarm();
             self.slots.remove(&id);
             let _ = self.session.refuse(
@@ -279,6 +288,8 @@ impl<W: Wire> State<W> {
         self.session
             .shutdown(ResetCode::SessionLost, &format!("the session ended: {why}"));
         self.ended = Some(why);
+        self.incoming_tx = None;
+        self.control_tx = None;
         self.dispatch(shared);
         self.wake.extend(self.outbound_waker.take());
         self.wake.extend(self.driver_waker.take());
@@ -451,16 +462,18 @@ where
                 state.dispatch(&self.shared);
                 result?;
             }
-            Inbound::Control(c) => match state.control_tx.try_send(c) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(SessionError::ControlBacklog(
-                        state.control_tx.max_capacity(),
-                    ));
+            Inbound::Control(c) => {
+                if let Some(tx) = &state.control_tx {
+                    match tx.try_send(c) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            return Err(SessionError::ControlBacklog(tx.max_capacity()));
+                        }
+                        // The upper layer does not want control frames.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
                 }
-                // The upper layer does not want control frames.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            },
+            }
             Inbound::Unknown => {
                 state.unknown_frames += 1;
                 if state.unknown_frames == 1 {
