@@ -103,6 +103,24 @@ impl<W: Wire> Channel<W> {
         &self.target
     }
 
+    /// Aborts the channel in both directions; the peer reads `code` and
+    /// `message`. Use it when the other end of a splice failed (a target
+    /// that reset its connection), so the peer learns why.
+    pub fn reset(&mut self, code: ResetCode, message: impl Into<String>) {
+        let shared = self.shared.clone();
+        let mut state = shared.lock();
+        if state.session.reset(self.id, code, message).is_ok() {
+            if let Some(slot) = state.slots.get_mut(&self.id) {
+                slot.reset = Some(ResetInfo {
+                    code,
+                    message: "reset by this side".into(),
+                    by_peer: false,
+                });
+            }
+            state.dispatch(&shared);
+        }
+    }
+
     /// Ready once the peer accepted the channel.
     pub(crate) fn poll_opened(&self, cx: &mut Context<'_>) -> Poll<Result<(), OpenError>> {
         let mut state = self.shared.lock();

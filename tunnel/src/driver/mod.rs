@@ -18,6 +18,7 @@
 //! an await; wakers are woken after it is released.
 
 mod channel;
+mod splice;
 
 use std::{
     future::Future,
@@ -29,7 +30,10 @@ use std::{
 use futures_core::Stream;
 use tokio::{sync::mpsc, time::Sleep};
 
-pub use self::channel::{Channel, ChannelReset, IncomingChannel};
+pub use self::{
+    channel::{Channel, ChannelReset, IncomingChannel},
+    splice::{SpliceError, Spliced, splice},
+};
 use crate::{
     ChannelError, ChannelId, Config, Event, Frame, Inbound, ProtocolError, ResetCode, ResetInfo,
     Session, SessionStats, Target, Transmit, Wire,
@@ -355,6 +359,11 @@ impl<W: Wire> Connection<W> {
     pub fn close(&self, why: impl Into<String>) {
         let mut state = self.shared.lock();
         state.end(&self.shared, why.into());
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.shared.lock().ended.clone()
     }
 
     /// Whether the session has ended.
