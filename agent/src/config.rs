@@ -1,0 +1,258 @@
+//! The agent's settings: flags > `TETHER_*` environment > YAML file
+//! (`--config`) > defaults, validated once before anything dials out.
+//!
+//! The join token is a secret: it comes from `TETHER_JOIN_TOKEN` or a file
+//! (`--join-token-file`), never from the command line, where `ps` would show
+//! it to every user of the host.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use secrecy::SecretString;
+use tether::{
+    client::ControlPlaneAddr,
+    config::{ConfigError, Layers, Source},
+    join::JoinToken,
+    logging,
+};
+
+use crate::egress::Policy;
+
+/// Every setting, as clap sees it (field names are the YAML keys).
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether-agent",
+    version,
+    about = "Tether agent: dials out to the control plane and carries channels into this network"
+)]
+pub struct Args {
+    /// YAML file with any of the settings below (keys in snake_case).
+    #[arg(long, env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The control plane, e.g. https://tether.example:8443.
+    #[arg(long, env = "TETHER_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Where the agent keeps its identity (id, key, certificate)
+    /// [default: tether-agent-state].
+    #[arg(long, env = "TETHER_STATE_DIR")]
+    pub state_dir: Option<String>,
+    /// File holding the join token (or set TETHER_JOIN_TOKEN). Needed only
+    /// until the agent has enrolled.
+    #[arg(long, env = "TETHER_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<String>,
+    /// Destinations this agent may connect to, HOST:PORTS (repeatable or
+    /// comma-separated), e.g. 10.0.0.0/8:5432, db.internal:*, *.corp:443.
+    /// Everything else is denied.
+    #[arg(long = "allow", env = "TETHER_EGRESS_ALLOW", value_delimiter = ',')]
+    pub egress_allow: Vec<String>,
+    /// Labels, key=value (repeatable or comma-separated).
+    #[arg(long = "label", env = "TETHER_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// auto, text or json [default: auto: text on a terminal].
+    #[arg(long, env = "TETHER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or info,tether_tunnel=debug [default: info].
+    #[arg(long, env = "TETHER_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// Validated settings.
+#[derive(Debug)]
+pub struct Config {
+    /// The control plane.
+    pub endpoint: ControlPlaneAddr,
+    /// Identity directory.
+    pub state_dir: PathBuf,
+    /// The join token, if one was given.
+    pub join_token: Option<JoinToken>,
+    /// Egress policy.
+    pub egress: Policy,
+    /// Labels sent in Hello.
+    pub labels: BTreeMap<String, String>,
+    /// Log format.
+    pub log_format: logging::Format,
+    /// Log filter.
+    pub log_level: String,
+}
+
+impl Config {
+    /// Parses flags and environment, reads the file and the join token,
+    /// validates.
+    pub fn from_env_and_args() -> Result<Self, ConfigError> {
+        let command = Args::command();
+        let matches = command.clone().get_matches();
+        if let Err(e) = Args::from_arg_matches(&matches) {
+            e.exit();
+        }
+        let env_token = std::env::var("TETHER_JOIN_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(SecretString::from);
+        Self::from_layers(&Layers::load(command, matches, "config")?, env_token)
+    }
+
+    /// Validates settings from any layers and an optional token from the
+    /// environment (tests build both directly).
+    pub fn from_layers(l: &Layers, env_token: Option<SecretString>) -> Result<Self, ConfigError> {
+        let endpoint = match l.text("endpoint")? {
+            None => return Err(l.missing("endpoint")),
+            Some(v) => ControlPlaneAddr::parse(&v.value).map_err(|e| {
+                l.invalid("endpoint", v.value.clone(), v.source.clone(), e.to_string())
+            })?,
+        };
+        let state_dir = PathBuf::from(l.parse::<String>("state_dir", "tether-agent-state".into())?);
+        let join_token = match (env_token, l.text("join_token_file")?) {
+            (Some(token), _) => Some(parse_token(
+                &token,
+                Source::Env("TETHER_JOIN_TOKEN".into()),
+            )?),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(&file.value).map_err(|e| {
+                    l.invalid(
+                        "join_token_file",
+                        file.value.clone(),
+                        file.source.clone(),
+                        format!("cannot read it: {e}"),
+                    )
+                })?;
+                let origin = Source::Other(format!(
+                    "the join token file {} ({})",
+                    file.value, file.source
+                ));
+                Some(parse_token(&SecretString::from(text), origin)?)
+            }
+            (None, None) => None,
+        };
+        let egress = match l.list("egress_allow")? {
+            None => Policy::default(),
+            Some(v) => {
+                Policy::parse(v.value.iter().filter(|r| !r.trim().is_empty())).map_err(|e| {
+                    l.invalid(
+                        "egress_allow",
+                        v.value.join(","),
+                        v.source.clone(),
+                        e.to_string(),
+                    )
+                })?
+            }
+        };
+        let mut labels = BTreeMap::new();
+        if let Some(v) = l.list("labels")? {
+            for item in v.value.iter().filter(|s| !s.is_empty()) {
+                let Some((k, val)) = item.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                    return Err(l.invalid(
+                        "labels",
+                        item.clone(),
+                        v.source.clone(),
+                        "write each label as key=value".into(),
+                    ));
+                };
+                labels.insert(k.to_owned(), val.to_owned());
+            }
+        }
+        Ok(Self {
+            endpoint,
+            state_dir,
+            join_token,
+            egress,
+            labels,
+            log_format: l.parse("log_format", logging::Format::Auto)?,
+            log_level: l.parse_with("log_level", "info".to_owned(), logging::parse_filter)?,
+        })
+    }
+}
+
+fn parse_token(token: &SecretString, origin: Source) -> Result<JoinToken, ConfigError> {
+    use secrecy::ExposeSecret;
+    JoinToken::parse(token.expose_secret()).map_err(|e| ConfigError::Invalid {
+        name: "join token".into(),
+        // Never echo a secret, even a damaged one.
+        value: "[redacted]".into(),
+        origin,
+        why: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(
+        args: &[&str],
+        yaml: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["tether-agent".to_owned()];
+        if let Some(y) = yaml {
+            let p = dir.path().join("agent.yaml");
+            std::fs::write(&p, y).unwrap();
+            argv.extend(["--config".to_owned(), p.display().to_string()]);
+        }
+        argv.extend(args.iter().map(|s| (*s).to_owned()));
+        let command = Args::command();
+        let matches = command.clone().try_get_matches_from(argv).unwrap();
+        Config::from_layers(
+            &Layers::load(command, matches, "config")?,
+            token.map(|t| SecretString::from(t.to_owned())),
+        )
+    }
+
+    #[test]
+    fn the_endpoint_is_required_with_a_hint() {
+        let err = config(&[], None, None).unwrap_err().to_string();
+        assert!(
+            err.contains("endpoint is required") && err.contains("TETHER_ENDPOINT"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn egress_rules_come_from_flags_or_the_file() {
+        let c = config(
+            &[
+                "--endpoint",
+                "https://cp:8443",
+                "--allow",
+                "127.0.0.1:5432,db:*",
+            ],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.egress.describe(), ["127.0.0.1:5432", "db:*"]);
+        let c = config(
+            &[],
+            Some("endpoint: https://cp:8443\negress_allow:\n  - 10.0.0.0/8:5432\n"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.egress.describe(), ["10.0.0.0/8:5432"]);
+        let err = config(
+            &["--endpoint", "cp", "--allow", "10.0.0.0/33:1"],
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("invalid egress_allow") && err.contains("prefix length 33"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_join_token_is_refused_without_echoing_it() {
+        let err = config(
+            &["--endpoint", "cp"],
+            None,
+            Some("tether-join.v1.secret-stuff"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("join token") && !err.contains("secret-stuff"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! The Tether agent.
+//!
+//! Runs inside a private network, dials out to the control plane (it never
+//! listens: invariant 1), enrolls once with a join token, then keeps one
+//! session attached, reconnecting with backoff when it breaks. Channels the
+//! control plane opens go only to destinations the agent's own egress
+//! policy allows.
+
+pub mod backoff;
+pub mod channels;
+pub mod config;
+pub mod egress;
+pub mod identity;
+pub mod session;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use ring::digest;
+use tether::client::ControlPlaneAddr;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use crate::config::Config;
+use crate::{backoff::Backoff, egress::Policy, identity::IdentityError, session::Ended};
+
+/// A session that lasted this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// Wait after the control plane refused this agent (revoked, unknown):
+/// retrying faster would not help, and an operator must act.
+const REFUSED_WAIT: Duration = Duration::from_secs(60);
+
+/// What sessions need from the configuration.
+#[derive(Debug)]
+pub struct Context {
+    pub endpoint: ControlPlaneAddr,
+    pub policy: Arc<Policy>,
+    pub labels: BTreeMap<String, String>,
+    pub hostname: String,
+    /// SHA-256 (hex) of the effective configuration, secrets left out.
+    pub config_hash: String,
+}
+
+/// Why the agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Enrollment or the stored identity failed in a way retrying cannot fix.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn config_hash(config: &Config) -> String {
+    let text = format!(
+        "endpoint={}\negress={:?}\nlabels={:?}\n",
+        config.endpoint,
+        config.egress.describe(),
+        config.labels
+    );
+    hex::encode(digest::digest(&digest::SHA256, text.as_bytes()))
+}
+
+/// Runs the agent until `cancel` fires.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
+    let ctx = Context {
+        endpoint: config.endpoint.clone(),
+        policy: Arc::new(config.egress.clone()),
+        labels: config.labels.clone(),
+        hostname: hostname(),
+        config_hash: config_hash(&config),
+    };
+    if ctx.policy.is_empty() {
+        warn!(
+            "egress_allow is empty: this agent will refuse every channel; add rules with --allow or egress_allow"
+        );
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let identity = loop {
+        let attempt = match identity::load(&config.state_dir)? {
+            Some(id) => Ok(id),
+            None => match &config.join_token {
+                None => return Err(IdentityError::NoToken.into()),
+                Some(token) => {
+                    identity::enroll(&config.state_dir, &ctx.endpoint, token, &ctx.hostname).await
+                }
+            },
+        };
+        match attempt {
+            Ok(id) => break id,
+            Err(e) if e.is_retryable() => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "enrollment failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    info!(agent_id = %identity.info.agent_id, pool = %identity.info.pool, endpoint = %ctx.endpoint, "agent starting");
+    backoff.reset();
+    while !cancel.is_cancelled() {
+        let started = Instant::now();
+        let delay = match session::run(&ctx, &identity, &cancel).await {
+            Ok(Ended::Cancelled) => break,
+            Ok(Ended::GoAway(after)) => {
+                backoff.reset();
+                after
+            }
+            Ok(Ended::Lost(why)) => {
+                if started.elapsed() >= HEALTHY_AFTER {
+                    backoff.reset();
+                }
+                let d = backoff.next_delay();
+                warn!(reason = %why, reconnect_in = ?d, "session lost");
+                d
+            }
+            Err(session::AttachError::Refused(why)) => {
+                error!(reason = %why, retry_in = ?REFUSED_WAIT, "the control plane refused this agent");
+                REFUSED_WAIT
+            }
+            Err(e @ session::AttachError::Unavailable(_)) => {
+                let d = backoff.next_delay();
+                warn!(error = %e, reconnect_in = ?d, "cannot attach");
+                d
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+    info!("agent stopped");
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! One session: the agent's single outbound gRPC stream (`Tunnel.Attach`).
+//!
+//! Sends `Hello`, waits for `Welcome`, then runs the tunnel: channels the
+//! control plane opens are served (see [`crate::channels`]), heartbeats go
+//! out every interval the control plane chose, and a session whose
+//! heartbeats go unanswered for three intervals is ended so that the agent
+//! reconnects.
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::{Stream, StreamExt, stream};
+use tether::{
+    client,
+    proto::{
+        AgentFrame, CommandError, CommandResult, HealthSample, Heartbeat, Hello, JobRejected,
+        JobUpdate, ProtocolVersion, ServerFrame, agent_frame, command_result, job_update,
+        server_frame, tunnel_client::TunnelClient,
+    },
+};
+use tether_tunnel::{
+    AgentWire,
+    driver::{self, Queues},
+};
+use tokio::{
+    sync::oneshot,
+    time::{Instant, MissedTickBehavior},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::Streaming;
+use tracing::{debug, info, warn};
+
+use crate::{Context as AgentContext, channels, identity::Enrolled};
+
+/// How long the control plane may take to answer Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest message accepted from the control plane.
+const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The control plane asked the agent to reconnect after a while.
+    GoAway(Duration),
+    /// The agent is shutting down.
+    Cancelled,
+    /// The stream ended or failed; reconnect with backoff.
+    Lost(String),
+}
+
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The control plane refused this agent (unknown, revoked, version).
+    #[error("the control plane refused the session: {0}")]
+    Refused(String),
+    /// It could not be reached, or the session broke before Welcome.
+    #[error("cannot attach: {0}")]
+    Unavailable(String),
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The response stream of the call, which exists only after the call
+/// started, while the driver must exist before (its outbound stream is the
+/// request body).
+struct LateInbound {
+    rx: Option<oneshot::Receiver<Streaming<ServerFrame>>>,
+    stream: Option<Streaming<ServerFrame>>,
+}
+
+impl Stream for LateInbound {
+    type Item = Result<ServerFrame, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(rx) = self.rx.as_mut() {
+            match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(s)) => {
+                    self.rx = None;
+                    self.stream = Some(s);
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match self.stream.as_mut() {
+            Some(s) => Pin::new(s).poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// Runs one session until it ends.
+pub async fn run(
+    ctx: &AgentContext,
+    identity: &Enrolled,
+    cancel: &CancellationToken,
+) -> Result<Ended, AttachError> {
+    let tls = identity
+        .tls()
+        .map_err(|e| AttachError::Refused(format!("the stored identity cannot be used: {e}")))?;
+    let channel =
+        client::channel(&ctx.endpoint, tls).map_err(|e| AttachError::Unavailable(e.to_string()))?;
+    let (inbound_tx, inbound_rx) = oneshot::channel();
+    let parts = driver::session::<AgentWire, _, _>(
+        tether_tunnel::Config::default(),
+        Queues::default(),
+        LateInbound {
+            rx: Some(inbound_rx),
+            stream: None,
+        },
+    );
+    let hello = AgentFrame {
+        kind: Some(agent_frame::Kind::Hello(Hello {
+            protocol_version: ProtocolVersion::ProtocolVersion1 as i32,
+            agent_id: identity.info.agent_id.clone(),
+            agent_version: tether::VERSION.into(),
+            capabilities: Vec::new(),
+            credential_names: Vec::new(),
+            labels: ctx.labels.clone().into_iter().collect(),
+            config_hash: ctx.config_hash.clone(),
+            agent_time_unix_ms: unix_ms(),
+            hostname: ctx.hostname.clone(),
+            max_concurrent_jobs: 0,
+            egress_rules: ctx.policy.describe(),
+            draining: false,
+            previous_session_id: String::new(),
+        })),
+    };
+    let request = stream::once(async { hello }).chain(parts.outbound);
+    let mut client = TunnelClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let response = tokio::select! {
+        r = client.attach(request) => r,
+        () = cancel.cancelled() => return Ok(Ended::Cancelled),
+    };
+    let inbound = response.map_err(|s| match s.code() {
+        tonic::Code::Unauthenticated
+        | tonic::Code::PermissionDenied
+        | tonic::Code::FailedPrecondition => AttachError::Refused(s.message().to_owned()),
+        _ => AttachError::Unavailable(client::describe_error(&s)),
+    })?;
+    let _ = inbound_tx.send(inbound.into_inner());
+
+    let connection = parts.connection;
+    let mut control = parts.control;
+    let mut incoming = parts.incoming;
+    let mut driver = parts.driver;
+
+    // The first control frame must be Welcome.
+    let welcome = tokio::select! {
+        f = tokio::time::timeout(WELCOME_TIMEOUT, control.recv()) => f,
+        end = &mut driver => {
+            let why = match end { Ok(()) => "the control plane ended the stream".to_owned(), Err(e) => e.to_string() };
+            return Err(AttachError::Unavailable(why));
+        }
+    };
+    let welcome = match welcome {
+        Ok(Some(server_frame::Kind::Welcome(w))) => w,
+        Ok(Some(_)) => {
+            return Err(AttachError::Unavailable(
+                "the first frame was not Welcome".into(),
+            ));
+        }
+        Ok(None) => {
+            return Err(AttachError::Unavailable(
+                "the stream ended before Welcome".into(),
+            ));
+        }
+        Err(_) => return Err(AttachError::Unavailable("no Welcome within 15 s".into())),
+    };
+    let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+    info!(session_id = %welcome.session_id, replica_id = %welcome.replica_id, heartbeat_interval = ?interval, "attached");
+
+    let tracker = TaskTracker::new();
+    let mut heartbeats = Heartbeats::new(interval);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut shutting_down = false;
+    let ended = loop {
+        tokio::select! {
+            end = &mut driver => {
+                break match end {
+                    Ok(()) if shutting_down => Ended::Cancelled,
+                    Ok(()) => Ended::Lost("the control plane ended the stream".into()),
+                    Err(_) if shutting_down => Ended::Cancelled,
+                    Err(e) => Ended::Lost(e.to_string()),
+                };
+            }
+            Some(offer) = incoming.recv() => {
+                tracker.spawn(channels::serve(ctx.policy.clone(), offer));
+            }
+            Some(frame) = control.recv() => {
+                if let Some(end) = handle_control(&connection, &mut heartbeats, frame) {
+                    connection.close("the control plane sent GoAway");
+                    break end;
+                }
+            }
+            _ = tick.tick() => {
+                if heartbeats.unanswered(Instant::now()) {
+                    warn!(interval = ?interval, "no heartbeat answer for three intervals; reconnecting");
+                    connection.close("heartbeats went unanswered");
+                    break Ended::Lost("heartbeats went unanswered for three intervals".into());
+                }
+                let hb = heartbeats.next(connection.channel_count(), &ctx.config_hash);
+                if connection.send_control(agent_frame::Kind::Heartbeat(hb)).is_err() {
+                    debug!("heartbeat not queued: the control lane is full or the session ended");
+                }
+            }
+            () = cancel.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                connection.close("the agent is shutting down");
+            }
+        }
+    };
+    // Channels end with the session (their resets are already queued).
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    info!(reason = ?ended, "session ended");
+    Ok(ended)
+}
+
+fn handle_control(
+    connection: &driver::Connection<AgentWire>,
+    heartbeats: &mut Heartbeats,
+    frame: server_frame::Kind,
+) -> Option<Ended> {
+    match frame {
+        server_frame::Kind::HeartbeatAck(ack) => heartbeats.acked(ack.sequence, Instant::now()),
+        server_frame::Kind::GoAway(g) => {
+            info!(reason = %g.reason, reconnect_after_ms = g.reconnect_after_ms, "the control plane asks this agent to go away");
+            return Some(Ended::GoAway(Duration::from_millis(u64::from(
+                g.reconnect_after_ms,
+            ))));
+        }
+        server_frame::Kind::Command(cmd) => {
+            let result = CommandResult {
+                command_id: cmd.command_id,
+                result: Some(command_result::Result::Error(CommandError {
+                    code: "unsupported".into(),
+                    message: format!(
+                        "agent version {} does not run this command yet; upgrade the agent",
+                        tether::VERSION
+                    ),
+                })),
+            };
+            let _ = connection.send_control(agent_frame::Kind::CommandResult(result));
+        }
+        server_frame::Kind::JobAssign(job) => {
+            let update = JobUpdate {
+                job_id: job.job_id,
+                lease_token: job.lease_token,
+                kind: Some(job_update::Kind::Rejected(JobRejected {
+                    reason: format!(
+                        "agent version {} runs no jobs; upgrade the agent",
+                        tether::VERSION
+                    ),
+                })),
+            };
+            let _ = connection.send_control(agent_frame::Kind::JobUpdate(update));
+        }
+        server_frame::Kind::Welcome(_) => warn!("ignoring a second Welcome"),
+        other => {
+            debug!(kind = ?std::mem::discriminant(&other), "ignoring a frame this version does not handle")
+        }
+    }
+    None
+}
+
+/// Heartbeat bookkeeping: sequence numbers, send times, measured RTT.
+struct Heartbeats {
+    interval: Duration,
+    sequence: u64,
+    /// Sent and not yet answered, oldest first (bounded by `MAX_PENDING`).
+    pending: VecDeque<(u64, Instant)>,
+    last_ack: Instant,
+    last_rtt: Duration,
+}
+
+/// Unanswered heartbeats remembered; older ones are forgotten.
+const MAX_PENDING: usize = 16;
+
+impl Heartbeats {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            sequence: 0,
+            pending: VecDeque::new(),
+            last_ack: Instant::now(),
+            last_rtt: Duration::ZERO,
+        }
+    }
+
+    fn next(&mut self, open_channels: usize, config_hash: &str) -> Heartbeat {
+        self.sequence += 1;
+        if self.pending.len() == MAX_PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((self.sequence, Instant::now()));
+        Heartbeat {
+            sequence: self.sequence,
+            agent_time_unix_ms: unix_ms(),
+            last_rtt_us: u64::try_from(self.last_rtt.as_micros()).unwrap_or(u64::MAX),
+            sample: Some(HealthSample {
+                process_rss_bytes: rss_bytes(),
+                open_channels: u32::try_from(open_channels).unwrap_or(u32::MAX),
+                config_hash: config_hash.to_owned(),
+                ..HealthSample::default()
+            }),
+        }
+    }
+
+    fn acked(&mut self, sequence: u64, now: Instant) {
+        self.last_ack = now;
+        while let Some(&(seq, sent)) = self.pending.front() {
+            if seq > sequence {
+                break;
+            }
+            self.pending.pop_front();
+            if seq == sequence {
+                self.last_rtt = now.saturating_duration_since(sent);
+            }
+        }
+    }
+
+    /// No answer for three intervals while heartbeats were outstanding.
+    fn unanswered(&self, now: Instant) -> bool {
+        self.pending
+            .front()
+            .is_some_and(|&(_, sent)| now.saturating_duration_since(sent) > self.interval * 3)
+            && now.saturating_duration_since(self.last_ack) > self.interval * 3
+    }
+}
+
+/// Resident memory of this process, from /proc (0 where unavailable).
+fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages.saturating_mul(4096)
+}

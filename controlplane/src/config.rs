@@ -1,0 +1,300 @@
+//! The control plane's settings: flags > `TETHER_*` environment > YAML file
+//! (`--config`) > defaults. Validated once, before any socket opens; the rest
+//! of the program takes only the validated [`Config`].
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use tether::{
+    config::{ConfigError, Layers, parse_duration},
+    logging,
+};
+
+/// Every setting, as clap sees it. Field names are the YAML keys; none has
+/// a clap default, so that unset flags fall through to the file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether-controlplane",
+    version,
+    about = "Tether control plane: agents dial in, clients reach private targets through them"
+)]
+pub struct Args {
+    /// YAML file with any of the settings below (keys in snake_case).
+    #[arg(long, env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the store, the CA and the bootstrap admin key live [default: tether-data].
+    #[arg(long, env = "TETHER_DATA_DIR")]
+    pub data_dir: Option<String>,
+    /// gRPC over TLS for agents, Admin and Dial [default: 0.0.0.0:8443].
+    #[arg(long, env = "TETHER_LISTEN")]
+    pub listen: Option<String>,
+    /// Ops HTTP: /healthz, /readyz, /metrics [default: 0.0.0.0:8080].
+    #[arg(long, env = "TETHER_OPS_LISTEN")]
+    pub ops_listen: Option<String>,
+    /// The address agents and clients use, e.g. https://tether.example:8443
+    /// [default: https://<first TLS name>:<listen port>].
+    #[arg(long, env = "TETHER_PUBLIC_ENDPOINT")]
+    pub public_endpoint: Option<String>,
+    /// Names and IPs in the generated server certificate (comma-separated)
+    /// [default: localhost,127.0.0.1,::1].
+    #[arg(long, env = "TETHER_TLS_NAMES", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
+    /// Server certificate chain (PEM) to use instead of generating one.
+    #[arg(long, env = "TETHER_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<String>,
+    /// Private key (PEM) of --tls-cert-file.
+    #[arg(long, env = "TETHER_TLS_KEY_FILE")]
+    pub tls_key_file: Option<String>,
+    /// CA certificate (PEM) that signs agent certificates, instead of the
+    /// embedded CA (e.g. from cert-manager).
+    #[arg(long, env = "TETHER_CA_CERT_FILE")]
+    pub ca_cert_file: Option<String>,
+    /// Private key (PEM) of --ca-cert-file.
+    #[arg(long, env = "TETHER_CA_KEY_FILE")]
+    pub ca_key_file: Option<String>,
+    /// How often agents send a heartbeat [default: 10s].
+    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Lifetime of agent certificates [default: 7d].
+    #[arg(long, env = "TETHER_AGENT_CERT_LIFETIME")]
+    pub agent_cert_lifetime: Option<String>,
+    /// Allow gateway listeners on non-loopback addresses [default: false].
+    #[arg(long, env = "TETHER_GATEWAY_ALLOW_EXTERNAL")]
+    pub gateway_allow_external: Option<String>,
+    /// How long shutdown waits for open channels [default: 30s].
+    #[arg(long, env = "TETHER_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+    /// Most concurrent gRPC streams per connection (Dial streams) [default: 4096].
+    #[arg(long, env = "TETHER_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<String>,
+    /// auto, text or json [default: auto: text on a terminal].
+    #[arg(long, env = "TETHER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or info,tether_tunnel=debug [default: info].
+    #[arg(long, env = "TETHER_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// Validated settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Ops HTTP listen address.
+    pub ops_listen: SocketAddr,
+    /// Advertised address; `None` = derived from the bound port.
+    pub public_endpoint: Option<String>,
+    /// Names in the generated server certificate.
+    pub tls_names: Vec<String>,
+    /// Supplied server certificate and key.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Supplied CA certificate and key.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Agent heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Agent certificate lifetime.
+    pub agent_cert_lifetime: Duration,
+    /// Gateway listeners may bind non-loopback addresses.
+    pub gateway_allow_external: bool,
+    /// Shutdown wait for open channels.
+    pub drain_timeout: Duration,
+    /// HTTP/2 max concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Log format.
+    pub log_format: logging::Format,
+    /// Log filter.
+    pub log_level: String,
+    /// Tunnel limits (defaults of DESIGN.md).
+    pub tunnel: tether_tunnel::Config,
+}
+
+impl Config {
+    /// Parses flags and environment, reads the file, validates.
+    pub fn from_env_and_args() -> Result<Self, ConfigError> {
+        let command = Args::command();
+        let matches = command.clone().get_matches();
+        // Parse once through clap's derive to get its own checks and help.
+        if let Err(e) = Args::from_arg_matches(&matches) {
+            e.exit();
+        }
+        Self::from_layers(&Layers::load(command, matches, "config")?)
+    }
+
+    /// Validates settings from any layers (tests build them directly).
+    pub fn from_layers(l: &Layers) -> Result<Self, ConfigError> {
+        let data_dir = PathBuf::from(l.parse::<String>("data_dir", "tether-data".into())?);
+        let listen = l.parse_with("listen", SocketAddr::from(([0, 0, 0, 0], 8443)), parse_addr)?;
+        let ops_listen = l.parse_with(
+            "ops_listen",
+            SocketAddr::from(([0, 0, 0, 0], 8080)),
+            parse_addr,
+        )?;
+        let public_endpoint = match l.text("public_endpoint")? {
+            None => None,
+            Some(v) => {
+                tether::client::ControlPlaneAddr::parse(&v.value).map_err(|e| {
+                    l.invalid(
+                        "public_endpoint",
+                        v.value.clone(),
+                        v.source.clone(),
+                        e.to_string(),
+                    )
+                })?;
+                Some(v.value)
+            }
+        };
+        let tls_names = match l.list("tls_names")? {
+            Some(v) if !v.value.is_empty() => {
+                if let Some(bad) = v
+                    .value
+                    .iter()
+                    .find(|n| n.trim().is_empty() || n.contains(char::is_whitespace))
+                {
+                    return Err(l.invalid(
+                        "tls_names",
+                        bad.clone(),
+                        v.source,
+                        "a name must not be empty or contain spaces".into(),
+                    ));
+                }
+                v.value
+            }
+            _ => vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        };
+        let tls_files = pair(l, "tls_cert_file", "tls_key_file")?;
+        let ca_files = pair(l, "ca_cert_file", "ca_key_file")?;
+        let heartbeat_interval =
+            l.parse_with("heartbeat_interval", Duration::from_secs(10), |s| {
+                within(
+                    parse_duration(s)?,
+                    Duration::from_millis(100),
+                    Duration::from_secs(600),
+                    "between 100ms and 10m",
+                )
+            })?;
+        let agent_cert_lifetime = l.parse_with(
+            "agent_cert_lifetime",
+            Duration::from_secs(7 * 86_400),
+            |s| {
+                within(
+                    parse_duration(s)?,
+                    Duration::from_secs(60),
+                    Duration::from_secs(400 * 86_400),
+                    "between 1m and 400d",
+                )
+            },
+        )?;
+        let max_concurrent_streams = l.parse_with("max_concurrent_streams", 4096u32, |s| {
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| "expected a number from 1 to 1000000".to_owned())
+        })?;
+        Ok(Self {
+            data_dir,
+            listen,
+            ops_listen,
+            public_endpoint,
+            tls_names,
+            tls_files,
+            ca_files,
+            heartbeat_interval,
+            agent_cert_lifetime,
+            gateway_allow_external: l.flag("gateway_allow_external", false)?,
+            drain_timeout: l.duration("drain_timeout", Duration::from_secs(30))?,
+            max_concurrent_streams,
+            log_format: l.parse("log_format", logging::Format::Auto)?,
+            log_level: l.parse_with("log_level", "info".to_owned(), logging::parse_filter)?,
+            tunnel: tether_tunnel::Config::default(),
+        })
+    }
+}
+
+fn within(d: Duration, min: Duration, max: Duration, what: &str) -> Result<Duration, String> {
+    if d < min || d > max {
+        return Err(format!("must be {what}"));
+    }
+    Ok(d)
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "expected ip:port, e.g. 0.0.0.0:8443 or 127.0.0.1:0 for any free port".into())
+}
+
+/// Two settings that go together (a certificate and its key).
+fn pair(l: &Layers, cert: &str, key: &str) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (l.text(cert)?, l.text(key)?) {
+        (None, None) => Ok(None),
+        (Some(c), Some(k)) => Ok(Some((PathBuf::from(c.value), PathBuf::from(k.value)))),
+        (Some(c), None) => {
+            Err(l.invalid(cert, c.value, c.source, format!("{key} must be set too")))
+        }
+        (None, Some(k)) => {
+            Err(l.invalid(key, k.value, k.source, format!("{cert} must be set too")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str], yaml: Option<&str>) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["tether-controlplane".to_owned()];
+        if let Some(y) = yaml {
+            let p = dir.path().join("cp.yaml");
+            std::fs::write(&p, y).unwrap();
+            argv.extend(["--config".to_owned(), p.display().to_string()]);
+        }
+        argv.extend(args.iter().map(|s| (*s).to_owned()));
+        let command = Args::command();
+        let matches = command.clone().try_get_matches_from(argv).unwrap();
+        Config::from_layers(&Layers::load(command, matches, "config")?)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = config(&[], None).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.ops_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.agent_cert_lifetime, Duration::from_secs(7 * 86_400));
+        assert!(!c.gateway_allow_external);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let c = config(
+            &["--listen", "127.0.0.1:0"],
+            Some("listen: 127.0.0.1:9\nheartbeat_interval: 2s\n"),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_the_fix() {
+        let err = config(&["--listen", "8443"], None).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid listen")
+                && err.contains("flag --listen")
+                && err.contains("ip:port"),
+            "{err}"
+        );
+        let err = config(&[], Some("heartbeat_interval: 1ms\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("between 100ms and 10m"), "{err}");
+        let err = config(&["--tls-cert-file", "c.pem"], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_key_file must be set too"), "{err}");
+        let err = config(&[], Some("listne: 1\n")).unwrap_err().to_string();
+        assert!(err.contains("unknown key \"listne\""), "{err}");
+    }
+}

@@ -1,0 +1,203 @@
+//! Live sessions on this replica: agent id → the session that carries its
+//! channels and commands.
+//!
+//! The newest session of an agent wins (invariant 9): registering a session
+//! returns the one it replaced, which the caller closes; removing a session
+//! removes it only if it is still the registered one, so that a late cleanup
+//! of an old session cannot remove its successor.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tether::proto::HealthSample;
+use tether_tunnel::{ServerWire, driver::Connection};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What the agent said about itself in its Hello.
+#[derive(Clone, Debug, Default)]
+pub struct HelloInfo {
+    pub version: String,
+    pub hostname: String,
+    pub config_hash: String,
+}
+
+/// The latest heartbeat of a session.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    /// When it arrived (tokio clock, for staleness).
+    pub at: Instant,
+    /// When it arrived, Unix milliseconds.
+    pub at_ms: i64,
+    /// Round trip the agent measured, microseconds.
+    pub rtt_us: u64,
+    /// Agent clock minus server clock, milliseconds.
+    pub clock_skew_ms: i64,
+    /// The agent's health sample.
+    pub sample: Option<HealthSample>,
+}
+
+/// One attached agent session.
+#[derive(Debug)]
+pub struct LiveSession {
+    pub agent_id: String,
+    pub session_id: String,
+    pub org_id: String,
+    pub pool: String,
+    pub connection: Connection<ServerWire>,
+    pub peer: Option<SocketAddr>,
+    pub connected_ms: i64,
+    pub hello: HelloInfo,
+    /// Ends the session's task (revocation, replacement, shutdown).
+    pub cancel: CancellationToken,
+    draining: AtomicBool,
+    heartbeat: Mutex<Heartbeat>,
+}
+
+impl LiveSession {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        agent_id: String,
+        session_id: String,
+        org_id: String,
+        pool: String,
+        connection: Connection<ServerWire>,
+        peer: Option<SocketAddr>,
+        connected_ms: i64,
+        hello: HelloInfo,
+        draining: bool,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            agent_id,
+            session_id,
+            org_id,
+            pool,
+            connection,
+            peer,
+            connected_ms,
+            hello,
+            cancel,
+            draining: AtomicBool::new(draining),
+            heartbeat: Mutex::new(Heartbeat {
+                at: Instant::now(),
+                at_ms: connected_ms,
+                rtt_us: 0,
+                clock_skew_ms: 0,
+                sample: None,
+            }),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// The latest heartbeat (or the attach time, before the first one).
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat
+            .lock()
+            .expect("heartbeat lock poisoned: a task panicked while holding it")
+            .clone()
+    }
+
+    pub fn record_heartbeat(&self, hb: Heartbeat) {
+        if let Some(draining) = hb.sample.as_ref().map(|s| s.draining) {
+            self.set_draining(draining);
+        }
+        *self
+            .heartbeat
+            .lock()
+            .expect("heartbeat lock poisoned: a task panicked while holding it") = hb;
+    }
+
+    /// No heartbeat for three intervals.
+    pub fn is_stale(&self, interval: Duration) -> bool {
+        self.heartbeat().at.elapsed() > interval * 3
+    }
+}
+
+/// The live sessions of this replica.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: RwLock<HashMap<String, Arc<LiveSession>>>,
+}
+
+impl Registry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<LiveSession>>> {
+        self.sessions
+            .read()
+            .expect("registry lock poisoned: a task panicked while holding it")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<LiveSession>>> {
+        self.sessions
+            .write()
+            .expect("registry lock poisoned: a task panicked while holding it")
+    }
+
+    /// Registers a session; returns the one it replaces (to be closed).
+    pub fn insert(&self, session: Arc<LiveSession>) -> Option<Arc<LiveSession>> {
+        self.write().insert(session.agent_id.clone(), session)
+    }
+
+    /// Removes the agent's session if it is still `session_id`.
+    pub fn remove(&self, agent_id: &str, session_id: &str) -> bool {
+        let mut map = self.write();
+        if map
+            .get(agent_id)
+            .is_some_and(|s| s.session_id == session_id)
+        {
+            map.remove(agent_id);
+            return true;
+        }
+        false
+    }
+
+    /// The agent's live session.
+    pub fn get(&self, agent_id: &str) -> Option<Arc<LiveSession>> {
+        self.read().get(agent_id).cloned()
+    }
+
+    /// Every live session.
+    pub fn all(&self) -> Vec<Arc<LiveSession>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Sessions that may take a new channel for `pool`, best first: not
+    /// draining and not closed; fresh heartbeats before stale ones, then
+    /// the least loaded (fewest open channels).
+    pub fn candidates(
+        &self,
+        org_id: &str,
+        pool: &str,
+        interval: Duration,
+    ) -> Vec<Arc<LiveSession>> {
+        let mut list: Vec<(bool, usize, Arc<LiveSession>)> = self
+            .read()
+            .values()
+            .filter(|s| s.org_id == org_id && s.pool == pool && !s.is_draining())
+            .filter(|s| !s.connection.is_closed())
+            .map(|s| {
+                (
+                    s.is_stale(interval),
+                    s.connection.channel_count(),
+                    s.clone(),
+                )
+            })
+            .collect();
+        list.sort_by_key(|(stale, load, _)| (*stale, *load));
+        list.into_iter().map(|(_, _, s)| s).collect()
+    }
+}

@@ -1,0 +1,6 @@
+//! The gRPC services of the control plane, one module each.
+
+pub mod admin;
+pub mod dial;
+pub mod enrollment;
+pub mod tunnel;

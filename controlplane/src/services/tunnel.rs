@@ -1,0 +1,325 @@
+//! `Tunnel.Attach`: an agent's one long-lived session.
+//!
+//! The agent proves who it is with its client certificate (issued at
+//! enrollment); its first frame must be `Hello`, answered by `Welcome`. The
+//! stream then runs through a `tether-tunnel` session: channel frames go to
+//! the multiplexer, the rest (heartbeats, command results) to the session
+//! task below. The newest session of an agent replaces the older one.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::{Stream, StreamExt, stream};
+use tether::proto::{
+    AgentFrame, Heartbeat, HeartbeatAck, Hello, ProtocolVersion, ResetCode, ServerFrame, Welcome,
+    agent_frame, server_frame, tunnel_server::Tunnel,
+};
+use tether_tunnel::{
+    ServerWire,
+    driver::{self, Driver, IncomingChannel, Queues},
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+use x509_parser::prelude::*;
+
+use crate::{
+    identity::secrets,
+    registry::{self, HelloInfo, LiveSession},
+    state::{Shared, now_ms, store_status},
+    store::HelloRecord,
+};
+
+/// How long an agent may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest Tunnel message accepted (data frames are ≤ 32 KiB).
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// Most labels, capabilities or credential names one Hello may carry.
+const MAX_HELLO_ITEMS: usize = 256;
+
+/// The Tunnel service.
+#[derive(Debug, Clone)]
+pub struct TunnelService {
+    state: Shared,
+}
+
+impl TunnelService {
+    pub fn new(state: Shared) -> Self {
+        Self { state }
+    }
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<ServerFrame, Status>> + Send>>;
+
+/// The agent id named by a client certificate (its common name).
+fn agent_from_certificate(req: &Request<Streaming<AgentFrame>>) -> Result<String, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated(
+            "Tunnel.Attach needs the agent's client certificate; enroll first (tether-agent does this with a join token)",
+        )
+    })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("the client certificate chain is empty"))?;
+    let (_, cert) = parse_x509_certificate(leaf)
+        .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| Status::unauthenticated("the client certificate names no agent"))?;
+    Ok(cn.to_owned())
+}
+
+fn check_hello(hello: &Hello, agent_id: &str) -> Result<(), Status> {
+    if hello.protocol_version != ProtocolVersion::ProtocolVersion1 as i32 {
+        return Err(Status::failed_precondition(format!(
+            "this control plane speaks protocol version 1, the agent sent {}; upgrade the older of the two",
+            hello.protocol_version
+        )));
+    }
+    if hello.agent_id != agent_id {
+        return Err(Status::unauthenticated(format!(
+            "Hello names agent {:?} but the certificate belongs to {agent_id:?}",
+            hello.agent_id
+        )));
+    }
+    if hello.labels.len() > MAX_HELLO_ITEMS
+        || hello.capabilities.len() > MAX_HELLO_ITEMS
+        || hello.credential_names.len() > MAX_HELLO_ITEMS
+    {
+        return Err(Status::invalid_argument(format!(
+            "Hello carries more than {MAX_HELLO_ITEMS} labels, capabilities or credential names"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Tunnel for TunnelService {
+    type AttachStream = FrameStream;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<AgentFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let state = &self.state;
+        if !state.is_serving() {
+            return Err(Status::unavailable(
+                "this control plane is shutting down; reconnect to another replica",
+            ));
+        }
+        let peer = req.remote_addr();
+        let agent_id = agent_from_certificate(&req)?;
+        let record = state
+            .store
+            .get_agent(&agent_id)
+            .await
+            .map_err(|e| store_status("looking up the agent", e))?
+            .ok_or_else(|| {
+                warn!(%agent_id, ?peer, "attach refused: the certificate's agent is not enrolled here");
+                Status::unauthenticated("this agent is not enrolled at this control plane; re-enroll with a new join token")
+            })?;
+        if record.revoked_ms != 0 {
+            return Err(Status::unauthenticated(
+                "revoked: re-enroll with a new token",
+            ));
+        }
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s of attaching"))??;
+        let Some(AgentFrame {
+            kind: Some(agent_frame::Kind::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first frame of a session must be Hello",
+            ));
+        };
+        check_hello(&hello, &agent_id)?;
+
+        let session_id = format!("s-{}", secrets::random_hex(8));
+        let tunnel = state.config.tunnel.clone();
+        let parts = driver::session::<ServerWire, _, _>(tunnel.clone(), Queues::default(), inbound);
+        let interval = state.config.heartbeat_interval;
+        let welcome = Welcome {
+            session_id: session_id.clone(),
+            replica_id: state.replica_id.clone(),
+            protocol_version: ProtocolVersion::ProtocolVersion1 as i32,
+            heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+            lease_interval_ms: u32::try_from(interval.as_millis() * 3).unwrap_or(u32::MAX),
+            initial_channel_window: tunnel.initial_window,
+            max_channel_window: tunnel.max_window,
+            session_receive_budget: tunnel.receive_budget,
+            max_data_frame_bytes: tunnel.max_data_frame,
+            server_time_unix_ms: now_ms(),
+            pinned_version: String::new(),
+            pinned_config_hash: String::new(),
+            org_id: record.org_id.clone(),
+            pool: record.pool.clone(),
+            max_channels: u32::try_from(tunnel.max_channels).unwrap_or(u32::MAX),
+            certificate_not_after_unix_ms: record.cert_not_after_ms,
+        };
+        if parts
+            .connection
+            .send_control(server_frame::Kind::Welcome(welcome))
+            .is_err()
+        {
+            return Err(Status::internal("could not queue the Welcome frame"));
+        }
+        let hello_record = HelloRecord {
+            hostname: hello.hostname.clone(),
+            version: hello.agent_version.clone(),
+            labels: hello.labels.clone().into_iter().collect(),
+            capabilities: hello.capabilities.clone(),
+            credential_names: hello.credential_names.clone(),
+            config_hash: hello.config_hash.clone(),
+        };
+        state
+            .store
+            .record_hello(&agent_id, &hello_record, now_ms())
+            .await
+            .map_err(|e| store_status("recording the agent's Hello", e))?;
+
+        let cancel = state.cancel.child_token();
+        let live = Arc::new(LiveSession::new(
+            agent_id.clone(),
+            session_id.clone(),
+            record.org_id.clone(),
+            record.pool.clone(),
+            parts.connection.clone(),
+            peer,
+            now_ms(),
+            HelloInfo {
+                version: hello.agent_version,
+                hostname: hello.hostname,
+                config_hash: hello.config_hash,
+            },
+            hello.draining,
+            cancel,
+        ));
+        if let Some(old) = state.registry.insert(live.clone()) {
+            info!(%agent_id, old_session = %old.session_id, new_session = %session_id, "a newer session replaces the old one");
+            old.connection
+                .close("replaced by a newer session of the same agent");
+            old.cancel.cancel();
+        }
+        state.metrics.session_attached();
+        let span = info_span!("session", %agent_id, %session_id, replica_id = %state.replica_id, pool = %record.pool);
+        state.tracker.spawn(
+            run_session(
+                state.clone(),
+                live,
+                parts.driver,
+                parts.control,
+                parts.incoming,
+            )
+            .instrument(span),
+        );
+
+        let connection = parts.connection;
+        let ending = stream::once(async move {
+            let why = connection
+                .close_reason()
+                .unwrap_or_else(|| "the session ended".into());
+            Err(Status::unavailable(format!(
+                "session ended: {why}; reconnect"
+            )))
+        });
+        let frames: FrameStream = Box::pin(parts.outbound.map(Ok).chain(ending));
+        Ok(Response::new(frames))
+    }
+}
+
+/// Runs one session until it ends: answers heartbeats, refuses
+/// agent-opened channels, and cleans up.
+async fn run_session(
+    state: Shared,
+    live: Arc<LiveSession>,
+    driver: Driver<ServerWire, Streaming<AgentFrame>>,
+    mut control: mpsc::Receiver<agent_frame::Kind>,
+    mut incoming: mpsc::Receiver<IncomingChannel<ServerWire>>,
+) {
+    info!(peer = ?live.peer, version = %live.hello.version, "agent attached");
+    let mut driver = driver;
+    let end = loop {
+        tokio::select! {
+            result = &mut driver => break result,
+            Some(frame) = control.recv() => handle_control(&state, &live, frame).await,
+            Some(offer) = incoming.recv() => offer.refuse(
+                ResetCode::ProtocolError,
+                "this control plane does not accept channels opened by agents",
+            ),
+            () = live.cancel.cancelled() => {
+                live.connection.close("the control plane ended the session");
+            }
+        }
+    };
+    match end {
+        Ok(()) => info!("agent detached: it ended the stream"),
+        Err(e) => info!(reason = %e, "agent detached"),
+    }
+    state.registry.remove(&live.agent_id, &live.session_id);
+    state.metrics.session_detached();
+}
+
+async fn handle_control(state: &Shared, live: &LiveSession, frame: agent_frame::Kind) {
+    match frame {
+        agent_frame::Kind::Heartbeat(hb) => handle_heartbeat(state, live, hb).await,
+        agent_frame::Kind::Hello(_) => {
+            warn!("ignoring a second Hello on a running session");
+        }
+        agent_frame::Kind::CommandResult(r) => {
+            debug!(
+                command_id = r.command_id,
+                "command result with no command waiting"
+            );
+        }
+        other => {
+            debug!(kind = ?std::mem::discriminant(&other), "ignoring a frame this version does not handle yet")
+        }
+    }
+}
+
+async fn handle_heartbeat(state: &Shared, live: &LiveSession, hb: Heartbeat) {
+    let now = now_ms();
+    let rtt_us = hb.last_rtt_us;
+    // The agent stamped the heartbeat half a round trip ago.
+    let half_rtt_ms = i64::try_from(rtt_us / 2000).unwrap_or(0);
+    let clock_skew_ms = if hb.agent_time_unix_ms > 0 {
+        hb.agent_time_unix_ms
+            .saturating_add(half_rtt_ms)
+            .saturating_sub(now)
+    } else {
+        0
+    };
+    let ack = HeartbeatAck {
+        sequence: hb.sequence,
+        agent_time_unix_ms: hb.agent_time_unix_ms,
+        server_time_unix_ms: now,
+    };
+    if live
+        .connection
+        .send_control(server_frame::Kind::HeartbeatAck(ack))
+        .is_err()
+    {
+        debug!("heartbeat ack not queued: the session is ending or its control lane is full");
+    }
+    live.record_heartbeat(registry::Heartbeat {
+        at: tokio::time::Instant::now(),
+        at_ms: now,
+        rtt_us,
+        clock_skew_ms,
+        sample: hb.sample,
+    });
+    let rtt = (rtt_us > 0).then(|| Duration::from_micros(rtt_us).as_secs_f64());
+    state.metrics.heartbeat(rtt);
+    if let Err(e) = state
+        .store
+        .record_heartbeat(&live.agent_id, now, rtt_us, clock_skew_ms)
+        .await
+    {
+        warn!(error = %e, "could not record a heartbeat in the store");
+    }
+}

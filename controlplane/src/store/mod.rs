@@ -1,0 +1,194 @@
+//! The control plane's durable state behind one trait, so that backends can
+//! be swapped: SQLite (the embedded default, zero setup) now, PostgreSQL
+//! for several replicas next. Times are integer Unix milliseconds, 0 means
+//! "never"; secrets are stored only as SHA-256 hashes (invariant 6).
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+pub use self::sqlite::SqliteStore;
+
+/// An enrollment token (the secret only as its hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub token_id: String,
+    pub org_id: String,
+    pub pool: String,
+    pub secret_hash: Vec<u8>,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub max_uses: u32,
+    pub uses: u32,
+    pub last_used_ms: i64,
+    pub revoked_ms: i64,
+    pub labels: BTreeMap<String, String>,
+    pub description: String,
+}
+
+impl TokenRecord {
+    /// Whether an agent may still enroll with it at `now`.
+    pub fn is_usable(&self, now_ms: i64) -> bool {
+        self.revoked_ms == 0 && self.expires_ms > now_ms && self.uses < self.max_uses
+    }
+}
+
+/// An enrolled agent and what it last reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub org_id: String,
+    pub pool: String,
+    pub token_id: String,
+    pub enrolled_ms: i64,
+    pub cert_serial: String,
+    pub cert_not_after_ms: i64,
+    pub hostname: String,
+    pub version: String,
+    pub labels: BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+    pub credential_names: Vec<String>,
+    pub config_hash: String,
+    pub last_connected_ms: i64,
+    pub last_heartbeat_ms: i64,
+    pub rtt_us: u64,
+    pub clock_skew_ms: i64,
+    pub revoked_ms: i64,
+}
+
+/// What an agent's Hello tells the store.
+#[derive(Clone, Debug, Default)]
+pub struct HelloRecord {
+    pub hostname: String,
+    pub version: String,
+    pub labels: BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+    pub credential_names: Vec<String>,
+    pub config_hash: String,
+}
+
+/// A named route: pool + target, maybe with a gateway listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub org_id: String,
+    pub name: String,
+    pub pool: String,
+    pub target_host: String,
+    pub target_port: u16,
+    pub gateway_listen: String,
+    pub created_ms: i64,
+}
+
+/// An API key (the secret only as its hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub key_id: String,
+    pub org_id: String,
+    pub role: String,
+    pub secret_hash: Vec<u8>,
+    pub created_ms: i64,
+    pub description: String,
+    pub revoked_ms: i64,
+}
+
+/// A store failure. The detail goes to the log; callers show an opaque
+/// message (no SQL or paths in a gRPC status).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row exists already (a unique name).
+    #[error("already exists")]
+    AlreadyExists,
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read back.
+    #[error("corrupt stored value in {what}: {detail}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// The control plane's durable state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// "sqlite" or "postgres".
+    fn backend(&self) -> &'static str;
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a new token.
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// One token by id, in any org (enrollment looks tokens up before it
+    /// knows the org).
+    async fn get_token(&self, token_id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Tokens of an org, newest first.
+    async fn list_tokens(&self, org_id: &str) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Marks a token revoked; `None` if the org has no such token.
+    async fn revoke_token(
+        &self,
+        org_id: &str,
+        token_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<TokenRecord>, StoreError>;
+    /// In one transaction: counts a use of the token if it is still usable
+    /// at `now_ms`, and inserts the agent. Returns false (and changes
+    /// nothing) if the token was used up, expired or revoked meanwhile.
+    async fn enroll(
+        &self,
+        token_id: &str,
+        now_ms: i64,
+        agent: &AgentRecord,
+    ) -> Result<bool, StoreError>;
+
+    /// One agent.
+    async fn get_agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError>;
+    /// Agents of an org, by pool and id.
+    async fn list_agents(&self, org_id: &str) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Records what a new session's Hello said.
+    async fn record_hello(
+        &self,
+        agent_id: &str,
+        hello: &HelloRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Records a heartbeat.
+    async fn record_heartbeat(
+        &self,
+        agent_id: &str,
+        now_ms: i64,
+        rtt_us: u64,
+        clock_skew_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a new connection; [`StoreError::AlreadyExists`] if the name is
+    /// taken in the org.
+    async fn insert_connection(&self, conn: &ConnectionRecord) -> Result<(), StoreError>;
+    /// One connection of an org.
+    async fn get_connection(
+        &self,
+        org_id: &str,
+        name: &str,
+    ) -> Result<Option<ConnectionRecord>, StoreError>;
+    /// Connections of an org (all orgs with `None`), by name.
+    async fn list_connections(
+        &self,
+        org_id: Option<&str>,
+    ) -> Result<Vec<ConnectionRecord>, StoreError>;
+    /// Removes a connection; false if there was none.
+    async fn delete_connection(&self, org_id: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// Stores a new API key.
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// One API key by id.
+    async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// How many API keys exist (the bootstrap key is made when none does).
+    async fn count_api_keys(&self) -> Result<u64, StoreError>;
+}
