@@ -17,6 +17,9 @@ else
   exit 1
 fi
 
+step "checking local services (scripts/check-services.sh)"
+scripts/check-services.sh
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -31,6 +34,10 @@ if [ -n "$last_release" ]; then
   step "buf breaking against $last_release"
   buf breaking proto --against ".git#tag=$last_release,subdir=proto"
 fi
+
+# The end-to-end tests start the real binaries from target/debug.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins --locked
 
 step "cargo test --workspace"
 cargo test --workspace --locked
