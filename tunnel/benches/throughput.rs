@@ -82,7 +82,12 @@ impl Sink {
         let mut writers = Vec::with_capacity(channels);
         for i in 0..channels {
             let port = u16::try_from(i + 1).unwrap();
-            writers.push(cp.connection.open(Target::new("bench", port)).await.unwrap());
+            writers.push(
+                cp.connection
+                    .open(Target::new("bench", port))
+                    .await
+                    .unwrap(),
+            );
         }
         Self {
             writers,
@@ -109,7 +114,10 @@ impl Sink {
         });
         futures_util::future::join_all(writes).await;
         let want = start + per_channel * self.writers.len() as u64;
-        self.received.wait_for(|&total| total >= want).await.unwrap();
+        self.received
+            .wait_for(|&total| total >= want)
+            .await
+            .unwrap();
     }
 }
 
