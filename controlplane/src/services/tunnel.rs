@@ -161,13 +161,6 @@ impl Tunnel for TunnelService {
             max_channels: u32::try_from(tunnel.max_channels).unwrap_or(u32::MAX),
             certificate_not_after_unix_ms: record.cert_not_after_ms,
         };
-        if parts
-            .connection
-            .send_control(server_frame::Kind::Welcome(welcome))
-            .is_err()
-        {
-            return Err(Status::internal("could not queue the Welcome frame"));
-        }
         let hello_record = HelloRecord {
             hostname: hello.hostname.clone(),
             version: hello.agent_version.clone(),
@@ -227,7 +220,16 @@ impl Tunnel for TunnelService {
                 "session ended: {why}; reconnect"
             )))
         });
-        let frames: FrameStream = Box::pin(parts.outbound.map(Ok).chain(ending));
+        // Welcome goes first, ahead of anything the session itself sends
+        // (its first ping), as the contract promises.
+        let welcome = ServerFrame {
+            kind: Some(server_frame::Kind::Welcome(welcome)),
+        };
+        let frames: FrameStream = Box::pin(
+            stream::once(async { Ok(welcome) })
+                .chain(parts.outbound.map(Ok))
+                .chain(ending),
+        );
         Ok(Response::new(frames))
     }
 }
