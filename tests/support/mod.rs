@@ -1,0 +1,383 @@
+//! Harness for the end-to-end tests: the real `tether-controlplane` and
+//! `tether-agent` binaries on 127.0.0.1 ephemeral ports, each run in its own
+//! temporary directory, with their JSON log lines captured so that tests
+//! wait for events ("control plane ready", "attached") instead of sleeping.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)] // shared by several test binaries
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use secrecy::SecretString;
+use serde_json::Value;
+use tether::{
+    client::{self, ApiKey, ControlPlaneAddr},
+    dial::Credentials,
+    proto::{CreateConnectionRequest, CreateEnrollmentTokenRequest, admin_client::AdminClient},
+    tls::{self, Trust},
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::Notify,
+};
+use tonic::{codegen::InterceptedService, transport::Channel};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A binary built next to the test's own `tetherctl`.
+pub fn binary(name: &str) -> PathBuf {
+    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_tetherctl"));
+    let path = ctl.parent().unwrap().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins; scripts/test.sh does it)",
+        path.display()
+    );
+    path
+}
+
+/// Raises the open-file limit to the hard limit, for tests with
+/// thousands of sockets (children inherit it).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Captured JSON log lines of a child process, with waiting.
+#[derive(Clone, Default)]
+pub struct Logs {
+    lines: Arc<Mutex<Vec<Value>>>,
+    raw: Arc<Mutex<Vec<String>>>,
+    changed: Arc<Notify>,
+}
+
+impl Logs {
+    fn push(&self, line: String) {
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            self.lines.lock().unwrap().push(v);
+        }
+        self.raw.lock().unwrap().push(line);
+        self.changed.notify_waiters();
+    }
+
+    /// Every line so far, as text.
+    pub fn text(&self) -> String {
+        self.raw.lock().unwrap().join("\n")
+    }
+
+    /// Lines whose message is `msg`.
+    pub fn count(&self, msg: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message"] == msg)
+            .count()
+    }
+
+    /// Waits for the `n`-th line (1-based) whose message is `msg`, and
+    /// returns it.
+    pub async fn wait_for_nth(&self, msg: &str, n: usize) -> Value {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(v) = self
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|v| v["message"] == msg)
+                    .nth(n - 1)
+                {
+                    return v.clone();
+                }
+                notified.await;
+            }
+        };
+        match tokio::time::timeout(WAIT, wait).await {
+            Ok(v) => v,
+            Err(_) => panic!(
+                "no log line {msg:?} (#{n}) within {WAIT:?}; log so far:\n{}",
+                self.text()
+            ),
+        }
+    }
+
+    /// Waits for the first line whose message is `msg`.
+    pub async fn wait_for(&self, msg: &str) -> Value {
+        self.wait_for_nth(msg, 1).await
+    }
+}
+
+/// Starts `cmd` with stdout captured into `Logs` (stderr too, as raw lines).
+fn spawn(mut cmd: Command) -> (Child, Logs) {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let logs = Logs::default();
+    for reader in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let logs = logs.clone();
+        // Ends at the child's end of output.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                logs.push(line);
+            }
+        });
+    }
+    (child, logs)
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    pub child: Child,
+    pub logs: Logs,
+    pub data_dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub ops: SocketAddr,
+}
+
+pub type Admin = AdminClient<InterceptedService<Channel, ApiKey>>;
+
+impl ControlPlane {
+    /// Starts a control plane with its data in `data_dir` on `listen`
+    /// (port 0 for any), heartbeats every 200 ms.
+    pub async fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(binary("tether-controlplane"));
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", listen, "--ops-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--heartbeat-interval", "200ms"])
+            .args(["--drain-timeout", "2s"])
+            .args(extra);
+        let (child, logs) = spawn(cmd);
+        let ready = logs.wait_for("control plane ready").await;
+        Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            grpc: ready["grpc"].as_str().unwrap().parse().unwrap(),
+            ops: ready["ops"].as_str().unwrap().parse().unwrap(),
+            logs,
+        }
+    }
+
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0", &[]).await
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir.join("ca.pem")).unwrap()
+    }
+
+    pub fn api_key(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            trust: Trust::ca_pem(&self.ca_pem()).unwrap(),
+            api_key: ApiKey::new(SecretString::from(self.api_key())),
+        }
+    }
+
+    pub fn channel(&self) -> Channel {
+        let config = tls::client_config(&Trust::ca_pem(&self.ca_pem()).unwrap(), None).unwrap();
+        client::channel(&ControlPlaneAddr::parse(&self.endpoint()).unwrap(), config).unwrap()
+    }
+
+    pub fn admin(&self) -> Admin {
+        AdminClient::with_interceptor(
+            self.channel(),
+            ApiKey::new(SecretString::from(self.api_key())),
+        )
+    }
+
+    /// A join token for `pool` with `max_uses`.
+    pub async fn token(&self, pool: &str, max_uses: u32) -> String {
+        self.admin()
+            .create_enrollment_token(CreateEnrollmentTokenRequest {
+                pool: pool.into(),
+                max_uses,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .join_token
+    }
+
+    /// Adds a connection with a gateway on a free loopback port; returns
+    /// the gateway address.
+    pub async fn gateway(&self, name: &str, pool: &str, target: SocketAddr) -> SocketAddr {
+        self.admin()
+            .create_connection(CreateConnectionRequest {
+                name: name.into(),
+                pool: pool.into(),
+                target_host: target.ip().to_string(),
+                target_port: u32::from(target.port()),
+                gateway_listen: "127.0.0.1:0".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .gateway_address
+            .parse()
+            .unwrap()
+    }
+
+    /// The text of /metrics.
+    pub async fn metrics(&self) -> String {
+        http_get(self.ops, "/metrics").await
+    }
+
+    /// A counter or gauge value from /metrics (0 when absent).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        terminate(&mut self.child).await
+    }
+}
+
+/// Sends SIGTERM and waits (bounded) for the exit.
+pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    use nix::{sys::signal, unistd::Pid};
+    if let Some(pid) = child.id() {
+        let _ = signal::kill(
+            Pid::from_raw(i32::try_from(pid).unwrap()),
+            signal::Signal::SIGTERM,
+        );
+    }
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A minimal HTTP/1.0 GET on loopback; returns the whole response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out
+}
+
+/// A running agent.
+pub struct Agent {
+    pub child: Child,
+    pub logs: Logs,
+    pub state_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent for `endpoint`, enrolling with `token` if given,
+    /// allowed to reach `allow`. Does not wait for anything.
+    pub fn spawn(endpoint: &str, state_dir: &Path, token: Option<&str>, allow: &[&str]) -> Self {
+        let mut cmd = Command::new(binary("tether-agent"));
+        cmd.args(["--endpoint", endpoint, "--log-format", "json"])
+            .arg("--state-dir")
+            .arg(state_dir);
+        for rule in allow {
+            cmd.args(["--allow", rule]);
+        }
+        if let Some(t) = token {
+            cmd.env("TETHER_JOIN_TOKEN", t);
+        }
+        let (child, logs) = spawn(cmd);
+        Self {
+            child,
+            logs,
+            state_dir: state_dir.to_owned(),
+        }
+    }
+
+    /// Starts an agent and waits until it attached.
+    pub async fn start(
+        endpoint: &str,
+        state_dir: &Path,
+        token: Option<&str>,
+        allow: &[&str],
+    ) -> Self {
+        let agent = Self::spawn(endpoint, state_dir, token, allow);
+        agent.logs.wait_for("attached").await;
+        agent
+    }
+
+    /// The agent id from its state directory.
+    pub fn id(&self) -> String {
+        let info: Value =
+            serde_json::from_slice(&std::fs::read(self.state_dir.join("agent.json")).unwrap())
+                .unwrap();
+        info["agent_id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    /// SIGKILL and wait.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A TCP echo server on 127.0.0.1 that upper-cases nothing: it returns
+/// every byte and half-closes when the client does. Runs until the test
+/// ends.
+pub async fn echo_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+            });
+        }
+    });
+    addr
+}
