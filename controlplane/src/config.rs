@@ -297,4 +297,19 @@ mod tests {
         let err = config(&[], Some("listne: 1\n")).unwrap_err().to_string();
         assert!(err.contains("unknown key \"listne\""), "{err}");
     }
+
+    #[test]
+    fn every_setting_is_in_the_configuration_reference() {
+        let doc = include_str!("../../docs/configuration.md");
+        for arg in Args::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(
+                doc.contains(&format!("`{id}`")),
+                "docs/configuration.md does not document `{id}`"
+            );
+        }
+    }
 }
