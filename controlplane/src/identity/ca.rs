@@ -419,7 +419,10 @@ mod tests {
         );
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth && !eku.server_auth);
-        assert_eq!(cert.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&key).as_slice());
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        );
         assert!(signed.not_after_ms > unix_ms(SystemTime::now()));
     }
 
