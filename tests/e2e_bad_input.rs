@@ -15,23 +15,16 @@ use bytes::Bytes;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use support::{Agent, ControlPlane};
 use tether::{
-    client::{self, ControlPlaneAddr},
     join::JoinToken,
     proto::{
-        AgentFrame, ChannelData, EnrollRequest, EnrollResponse, Heartbeat, Hello,
-        ListAgentsRequest, ProtocolVersion, ResetCode, ServerFrame, admin_client::AdminClient,
-        agent_frame, enrollment_client::EnrollmentClient, server_frame,
-        tunnel_client::TunnelClient,
+        AgentFrame, ChannelData, Heartbeat, ListAgentsRequest, ResetCode,
+        admin_client::AdminClient, agent_frame, server_frame,
     },
-    tls::{self, Identity, Trust},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    sync::mpsc,
 };
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 
 /// A control plane with a working agent and an echo gateway, to prove
 /// that bad input elsewhere leaves it alone.
@@ -76,89 +69,6 @@ impl World {
             .unwrap()
             .unwrap();
         assert_eq!(back, b"still here");
-    }
-
-    fn addr(&self) -> ControlPlaneAddr {
-        ControlPlaneAddr::parse(&self.cp.endpoint()).unwrap()
-    }
-
-    /// Enrolls with `csr_der` directly over the API.
-    async fn enroll(&self, token: &str, csr_der: Vec<u8>) -> Result<EnrollResponse, tonic::Status> {
-        let token = JoinToken::parse(token).unwrap();
-        let config = tls::client_config(&Trust::Pin(token.pin), None).unwrap();
-        let channel = client::channel(&self.addr(), config).unwrap();
-        let credential =
-            secrecy::ExposeSecret::expose_secret(&token.enroll_credential()).to_owned();
-        EnrollmentClient::new(channel)
-            .enroll(EnrollRequest {
-                token: credential,
-                csr_der,
-                hostname: "test".into(),
-                agent_version: "0.0.0".into(),
-            })
-            .await
-            .map(tonic::Response::into_inner)
-    }
-
-    /// A raw Tunnel session as a freshly enrolled agent: returns the sender
-    /// of frames and the server's frames after Welcome.
-    /// Its own pool, so that routing for the bystander never picks it.
-    async fn raw_session(&self) -> (mpsc::Sender<AgentFrame>, Streaming<ServerFrame>) {
-        let token = self.cp.token("raw", 1).await;
-        let key = KeyPair::generate().unwrap();
-        let csr = CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap();
-        let enrolled = self.enroll(&token, csr.der().to_vec()).await.unwrap();
-        let identity = Identity::from_pem(
-            enrolled.certificate_chain_pem.as_bytes(),
-            key.serialize_pem().as_bytes(),
-        )
-        .unwrap();
-        let trust = Trust::ca_pem(enrolled.ca_certificate_pem.as_bytes()).unwrap();
-        let channel = client::channel(
-            &self.addr(),
-            tls::client_config(&trust, Some(identity)).unwrap(),
-        )
-        .unwrap();
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(AgentFrame {
-            kind: Some(agent_frame::Kind::Hello(Hello {
-                protocol_version: ProtocolVersion::ProtocolVersion1 as i32,
-                agent_id: enrolled.agent_id,
-                ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
-        let mut inbound = TunnelClient::new(channel)
-            .attach(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let first = inbound.message().await.unwrap().unwrap();
-        assert!(
-            matches!(first.kind, Some(server_frame::Kind::Welcome(_))),
-            "{first:?}"
-        );
-        (tx, inbound)
-    }
-}
-
-/// The next frame that is not a ping.
-async fn next_frame(
-    inbound: &mut Streaming<ServerFrame>,
-) -> Result<Option<ServerFrame>, tonic::Status> {
-    loop {
-        let f = tokio::time::timeout(support::WAIT, inbound.message())
-            .await
-            .unwrap()?;
-        if !matches!(
-            f.as_ref().and_then(|f| f.kind.as_ref()),
-            Some(server_frame::Kind::Ping(_))
-        ) {
-            return Ok(f);
-        }
     }
 }
 
@@ -263,7 +173,7 @@ async fn a_csr_asking_for_more_gets_only_a_client_certificate() {
     params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let csr = params.serialize_request(&key).unwrap();
-    let enrolled = w.enroll(&token, csr.der().to_vec()).await.unwrap();
+    let enrolled = w.cp.enroll_raw(&token, csr.der().to_vec()).await.unwrap();
     let der = first_pem_der(enrolled.certificate_chain_pem.as_bytes());
     let (_, cert) = parse_x509_certificate(&der).unwrap();
     assert!(!cert.is_ca(), "a CSR must never get a CA certificate");
@@ -284,7 +194,10 @@ async fn a_csr_asking_for_more_gets_only_a_client_certificate() {
     // Garbage instead of a CSR: a clear INVALID_ARGUMENT, and the token is
     // not spent by it.
     let token = w.cp.token("p", 1).await;
-    let err = w.enroll(&token, b"not a csr".to_vec()).await.unwrap_err();
+    let err =
+        w.cp.enroll_raw(&token, b"not a csr".to_vec())
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("PKCS#10"), "{}", err.message());
     w.still_works().await;
@@ -299,7 +212,10 @@ fn first_pem_der(pem: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_for_an_unknown_channel_resets_only_that_channel() {
     let w = World::new().await;
-    let (tx, mut inbound) = w.raw_session().await;
+    // Its own pool, so that routing for the bystander never picks it.
+    let support::RawSession {
+        tx, mut inbound, ..
+    } = w.cp.raw_session("raw").await;
     tx.send(AgentFrame {
         kind: Some(agent_frame::Kind::ChannelData(ChannelData {
             channel_id: 12_345,
@@ -308,7 +224,7 @@ async fn a_frame_for_an_unknown_channel_resets_only_that_channel() {
     })
     .await
     .unwrap();
-    let reset = next_frame(&mut inbound).await.unwrap().unwrap();
+    let reset = support::next_frame(&mut inbound).await.unwrap().unwrap();
     match reset.kind {
         Some(server_frame::Kind::ChannelReset(r)) => {
             assert_eq!(r.channel_id, 12_345);
@@ -326,7 +242,7 @@ async fn a_frame_for_an_unknown_channel_resets_only_that_channel() {
     })
     .await
     .unwrap();
-    let ack = next_frame(&mut inbound).await.unwrap().unwrap();
+    let ack = support::next_frame(&mut inbound).await.unwrap().unwrap();
     assert!(matches!(ack.kind, Some(server_frame::Kind::HeartbeatAck(a)) if a.sequence == 7));
     w.still_works().await;
 }
@@ -334,7 +250,10 @@ async fn a_frame_for_an_unknown_channel_resets_only_that_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_message_ends_only_its_own_session() {
     let w = World::new().await;
-    let (tx, mut inbound) = w.raw_session().await;
+    // Its own pool, so that routing for the bystander never picks it.
+    let support::RawSession {
+        tx, mut inbound, ..
+    } = w.cp.raw_session("raw").await;
     tx.send(AgentFrame {
         kind: Some(agent_frame::Kind::ChannelData(ChannelData {
             channel_id: 1,
@@ -344,7 +263,7 @@ async fn an_oversize_message_ends_only_its_own_session() {
     .await
     .unwrap();
     let err = loop {
-        match next_frame(&mut inbound).await {
+        match support::next_frame(&mut inbound).await {
             Err(status) => break status,
             Ok(None) => panic!("the session ended without saying why"),
             Ok(Some(_)) => {}

@@ -381,3 +381,106 @@ pub async fn echo_server() -> SocketAddr {
     });
     addr
 }
+
+/// A hand-driven agent session: the test sends `AgentFrame`s and reads
+/// `ServerFrame`s itself, to play a broken or hostile agent.
+pub struct RawSession {
+    pub agent_id: String,
+    pub tx: tokio::sync::mpsc::Sender<tether::proto::AgentFrame>,
+    pub inbound: tonic::Streaming<tether::proto::ServerFrame>,
+}
+
+impl ControlPlane {
+    /// Enrolls with `csr_der` directly over the API.
+    pub async fn enroll_raw(
+        &self,
+        token: &str,
+        csr_der: Vec<u8>,
+    ) -> Result<tether::proto::EnrollResponse, tonic::Status> {
+        use tether::proto::{EnrollRequest, enrollment_client::EnrollmentClient};
+        let token = tether::join::JoinToken::parse(token).unwrap();
+        let config = tls::client_config(&Trust::Pin(token.pin), None).unwrap();
+        let channel =
+            client::channel(&ControlPlaneAddr::parse(&self.endpoint()).unwrap(), config).unwrap();
+        let credential =
+            secrecy::ExposeSecret::expose_secret(&token.enroll_credential()).to_owned();
+        EnrollmentClient::new(channel)
+            .enroll(EnrollRequest {
+                token: credential,
+                csr_der,
+                hostname: "test".into(),
+                agent_version: "0.0.0".into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Enrolls a fresh agent in `pool` and attaches a raw session for it;
+    /// returns once Welcome arrived.
+    pub async fn raw_session(&self, pool: &str) -> RawSession {
+        use tether::proto::{
+            AgentFrame, Hello, ProtocolVersion, agent_frame, server_frame,
+            tunnel_client::TunnelClient,
+        };
+        let token = self.token(pool, 1).await;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap();
+        let enrolled = self.enroll_raw(&token, csr.der().to_vec()).await.unwrap();
+        let identity = tls::Identity::from_pem(
+            enrolled.certificate_chain_pem.as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let trust = Trust::ca_pem(enrolled.ca_certificate_pem.as_bytes()).unwrap();
+        let channel = client::channel(
+            &ControlPlaneAddr::parse(&self.endpoint()).unwrap(),
+            tls::client_config(&trust, Some(identity)).unwrap(),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(AgentFrame {
+            kind: Some(agent_frame::Kind::Hello(Hello {
+                protocol_version: ProtocolVersion::ProtocolVersion1 as i32,
+                agent_id: enrolled.agent_id.clone(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut inbound = TunnelClient::new(channel)
+            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = inbound.message().await.unwrap().unwrap();
+        assert!(
+            matches!(first.kind, Some(server_frame::Kind::Welcome(_))),
+            "{first:?}"
+        );
+        RawSession {
+            agent_id: enrolled.agent_id,
+            tx,
+            inbound,
+        }
+    }
+}
+
+/// The next server frame that is not a ping.
+pub async fn next_frame(
+    inbound: &mut tonic::Streaming<tether::proto::ServerFrame>,
+) -> Result<Option<tether::proto::ServerFrame>, tonic::Status> {
+    use tether::proto::server_frame;
+    loop {
+        let f = tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .unwrap()?;
+        if !matches!(
+            f.as_ref().and_then(|f| f.kind.as_ref()),
+            Some(server_frame::Kind::Ping(_))
+        ) {
+            return Ok(f);
+        }
+    }
+}
