@@ -1,0 +1,299 @@
+//! `tether-bench`: Tether end to end against direct TCP, on loopback, in
+//! one run.
+//!
+//! Starts a target program (in this process), a control plane and an agent
+//! (the real release binaries), a gateway port for the target, and measures
+//! the same things through the gateway and directly, interleaving the
+//! repetitions: one-connection bulk both ways, 64-byte round trips, new
+//! connections per second, RSS per idle channel, CPU per GB, and bulk
+//! through a relay that adds 50 ms of round trip between agent and control
+//! plane. Prints a table with ratios to direct; `--write-docs` replaces the
+//! end-to-end section of docs/benchmarks.md.
+//!
+//! Run: `cargo build --release && target/release/tether-bench`.
+
+#![allow(clippy::print_stdout)] // a report printer
+
+mod measure;
+mod procs;
+mod relay;
+mod targets;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Benchmark Tether end to end against direct TCP.
+#[derive(Debug, Parser)]
+struct Args {
+    /// MiB per bulk transfer.
+    #[arg(long, default_value_t = 512)]
+    bulk_mib: u64,
+    /// Repetitions of each bulk transfer (interleaved direct / Tether).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Measured 64-byte round trips per path.
+    #[arg(long, default_value_t = 20_000)]
+    round_trips: usize,
+    /// Connections for the connection-rate test.
+    #[arg(long, default_value_t = 5_000)]
+    connections: usize,
+    /// Idle channels for the memory test.
+    #[arg(long, default_value_t = 1_000)]
+    idle: usize,
+    /// Replace the end-to-end section of this markdown file with the results.
+    #[arg(long)]
+    write_docs: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Nearest-rank percentile; `per_mille` 500 is the median, 990 the p99.
+fn percentile(sorted_us: &[f64], per_mille: usize) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = (sorted_us.len() - 1) * per_mille.min(1000) / 1000;
+    sorted_us[i]
+}
+
+fn micros(v: &[Duration]) -> Vec<f64> {
+    let mut us: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    us.sort_by(f64::total_cmp);
+    us
+}
+
+/// One row of the report.
+struct Row {
+    what: String,
+    direct: String,
+    tether: String,
+    ratio: String,
+    target: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let target = targets::start().await?;
+    let (cp, grpc) = procs::control_plane(&dir.path().join("cp")).await?;
+    let endpoint = format!("https://{grpc}");
+    let cp_dir = dir.path().join("cp");
+    let ctl = |a: Vec<String>| {
+        let endpoint = endpoint.clone();
+        let cp_dir = cp_dir.clone();
+        async move {
+            let args: Vec<&str> = a.iter().map(String::as_str).collect();
+            procs::tetherctl(&endpoint, &cp_dir, &args).await
+        }
+    };
+    let token = |pool: &str| {
+        vec![
+            "tokens".into(),
+            "create".into(),
+            "--pool".into(),
+            pool.to_owned(),
+        ]
+    };
+    let near_token = ctl(token("near")).await?;
+    let agent = procs::agent(
+        &endpoint,
+        &dir.path().join("agent"),
+        near_token.trim(),
+        &target.to_string(),
+    )
+    .await?;
+    let gateway = add_gateway(&ctl, "near", "near", target).await?;
+
+    // The far agent reaches the control plane through the 50 ms relay.
+    let relay = relay::start(grpc, Duration::from_millis(25)).await?;
+    let far_token = ctl(token("far")).await?;
+    let _far = procs::agent(
+        &format!("https://{relay}"),
+        &dir.path().join("far"),
+        far_token.trim(),
+        &target.to_string(),
+    )
+    .await?;
+    let far_gateway = add_gateway(&ctl, "far", "far", target).await?;
+
+    let bytes = args.bulk_mib * 1024 * 1024;
+    let mbps = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
+    let mut rows = Vec::new();
+    println!(
+        "tether-bench: {} MiB bulk x {} reps, {} round trips, {} connections, {} idle channels",
+        args.bulk_mib, args.reps, args.round_trips, args.connections, args.idle
+    );
+
+    // Bulk, interleaved; CPU of the tunnel processes during Tether's runs.
+    let (mut up_d, mut up_t, mut down_d, mut down_t) = (vec![], vec![], vec![], vec![]);
+    let mut tunnel_cpu = 0.0;
+    let mut tunnel_bytes = 0u64;
+    for _ in 0..args.reps {
+        up_d.push(mbps(measure::upload(target, bytes).await?));
+        let cpu0 = cp.cpu_seconds() + agent.cpu_seconds();
+        up_t.push(mbps(measure::upload(gateway, bytes).await?));
+        down_d.push(mbps(measure::download(target, bytes).await?));
+        down_t.push(mbps(measure::download(gateway, bytes).await?));
+        tunnel_cpu += cp.cpu_seconds() + agent.cpu_seconds() - cpu0;
+        tunnel_bytes += 2 * bytes;
+    }
+    for (what, d, t) in [
+        ("bulk upload, 1 connection (MB/s)", up_d, up_t),
+        ("bulk download, 1 connection (MB/s)", down_d, down_t),
+    ] {
+        let (d, t) = (median(d), median(t));
+        rows.push(Row {
+            what: what.into(),
+            direct: format!("{d:.0}"),
+            tether: format!("{t:.0}"),
+            ratio: format!("{:.2}x", t / d),
+            target: ">= 0.25x".into(),
+        });
+    }
+    let cpu_per_gb = tunnel_cpu / (tunnel_bytes as f64 / 1e9);
+    rows.push(Row {
+        what: "tunnel CPU seconds per GB (agent + control plane)".into(),
+        direct: "-".into(),
+        tether: format!("{cpu_per_gb:.2}"),
+        ratio: "-".into(),
+        target: String::new(),
+    });
+
+    // Round trips.
+    let rt_d = micros(&measure::round_trips(target, 1_000, args.round_trips).await?);
+    let rt_t = micros(&measure::round_trips(gateway, 1_000, args.round_trips).await?);
+    for (name, p) in [("p50", 500), ("p99", 990)] {
+        let (d, t) = (percentile(&rt_d, p), percentile(&rt_t, p));
+        let target = if name == "p50" { "added <= 60 us" } else { "" };
+        rows.push(Row {
+            what: format!("64-byte round trip {name} (us)"),
+            direct: format!("{d:.1}"),
+            tether: format!("{t:.1}"),
+            ratio: format!("+{:.1} us", t - d),
+            target: target.into(),
+        });
+    }
+
+    // New connections per second.
+    let c_d = measure::connection_rate(target, args.connections, 16).await?;
+    let c_t = measure::connection_rate(gateway, args.connections, 16).await?;
+    rows.push(Row {
+        what: "new connections per second (16 at a time)".into(),
+        direct: format!("{c_d:.0}"),
+        tether: format!("{c_t:.0}"),
+        ratio: format!("{:.2}x", c_t / c_d),
+        target: ">= 5000/s".into(),
+    });
+
+    // Memory per idle channel (agent + control plane).
+    let before = cp.rss() + agent.rss();
+    let held = measure::idle(gateway, args.idle).await?;
+    let after = cp.rss() + agent.rss();
+    let per = after.saturating_sub(before) as f64 / args.idle as f64 / 1024.0;
+    rows.push(Row {
+        what: format!("RSS per idle channel, {} open (KiB)", args.idle),
+        direct: "-".into(),
+        tether: format!("{per:.1}"),
+        ratio: format!("{:.1} MiB in all", after as f64 / 1048576.0),
+        target: "<= 8 KiB".into(),
+    });
+    drop(held);
+
+    // Over 50 ms of round trip between agent and control plane: warm up,
+    // then measure (windows must have grown).
+    measure::download(far_gateway, 64 * 1024 * 1024).await?;
+    let mut far = vec![];
+    for _ in 0..args.reps {
+        far.push(mbps(measure::download(far_gateway, bytes).await?));
+    }
+    let far = median(far);
+    rows.push(Row {
+        what: "bulk download, agent 50 ms away (MB/s)".into(),
+        direct: "-".into(),
+        tether: format!("{far:.0}"),
+        ratio: "-".into(),
+        target: ">= 100 MB/s".into(),
+    });
+
+    let table = render(&rows);
+    println!("\n{table}");
+    if let Some(path) = &args.write_docs {
+        write_docs(path, &args, &table)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn add_gateway<F, Fut>(
+    ctl: &F,
+    name: &str,
+    pool: &str,
+    target: SocketAddr,
+) -> anyhow::Result<SocketAddr>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    let out = ctl(vec![
+        "-o".into(),
+        "json".into(),
+        "connections".into(),
+        "add".into(),
+        name.into(),
+        "--pool".into(),
+        pool.into(),
+        "--target".into(),
+        target.to_string(),
+        "--gateway".into(),
+        "127.0.0.1:0".into(),
+    ])
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    v["gateway"]
+        .as_str()
+        .context("no gateway address")?
+        .parse()
+        .context("gateway address")
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| measure | direct | Tether | Tether vs direct | target |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.what, r.direct, r.tether, r.ratio, r.target
+        ));
+    }
+    out
+}
+
+const START: &str = "<!-- tether-bench:start -->";
+const END: &str = "<!-- tether-bench:end -->";
+
+fn write_docs(path: &std::path::Path, args: &Args, table: &str) -> anyhow::Result<()> {
+    let doc =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (head, rest) = doc
+        .split_once(START)
+        .context("no tether-bench start marker in the file")?;
+    let (_, tail) = rest
+        .split_once(END)
+        .context("no tether-bench end marker in the file")?;
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let section = format!(
+        "{START}\nCommand: `cargo build --release && target/release/tether-bench --write-docs docs/benchmarks.md`\n\n\
+         Parameters: {} MiB per bulk transfer, median of {} interleaved repetitions; {} measured round trips after 1,000 \
+         unmeasured; {} connections, 16 at a time; {} idle channels. Machine: {cpus} CPUs, loopback.\n\n{table}{END}",
+        args.bulk_mib, args.reps, args.round_trips, args.connections, args.idle
+    );
+    std::fs::write(path, format!("{head}{section}{tail}"))?;
+    Ok(())
+}
