@@ -213,6 +213,73 @@ fn bench(c: &mut Criterion, rt: &Runtime, samples: &Samples) {
         });
     });
     group.finish();
+    round_trip(c, rt);
+}
+
+/// 64-byte round trips: a duplex echo against one channel whose agent end
+/// echoes. Latency, not throughput: the in-memory tunnel's share of an
+/// end-to-end round trip.
+fn round_trip(c: &mut Criterion, rt: &Runtime) {
+    let mut group = c.benchmark_group("round_trip_64b");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(4));
+    let duplex = rt.block_on(async {
+        let (a, mut z) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while z.read_exact(&mut buf).await.is_ok() {
+                if z.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Arc::new(tokio::sync::Mutex::new(a))
+    });
+    group.bench_function("raw_duplex", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let a = duplex.clone();
+            async move { ping_pong(&mut *a.lock().await, iters).await }
+        });
+    });
+    let (channel, _cp) = rt.block_on(async {
+        let (cp, mut agent) = memory::pair(Config::default(), Duration::ZERO);
+        tokio::spawn(async move {
+            let _connection = agent.connection;
+            while let Some(incoming) = agent.incoming.recv().await {
+                let mut ch: Channel<AgentWire> = incoming.accept().unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while ch.read_exact(&mut buf).await.is_ok() {
+                        if ch.write_all(&buf).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let ch = cp.connection.open(Target::new("echo", 7)).await.unwrap();
+        (Arc::new(tokio::sync::Mutex::new(ch)), cp)
+    });
+    group.bench_function("one_channel", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let ch = channel.clone();
+            async move { ping_pong(&mut *ch.lock().await, iters).await }
+        });
+    });
+    group.finish();
+}
+
+async fn ping_pong<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    iters: u64,
+) -> Duration {
+    let mut buf = [7u8; 64];
+    let start = tokio::time::Instant::now();
+    for _ in 0..iters {
+        s.write_all(&buf).await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+    }
+    start.elapsed()
 }
 
 fn median(v: &mut [f64]) -> f64 {

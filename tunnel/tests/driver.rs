@@ -230,3 +230,74 @@ async fn receive_loops_end_when_the_session_ends_even_with_live_handles() {
     assert!(agent.incoming.recv().await.is_none());
     assert!(agent.connection.is_closed());
 }
+
+/// A channel spliced with a real loopback socket on the agent side;
+/// returns the control plane's end, the socket's far end, and the splice.
+async fn spliced() -> (
+    tether_tunnel::memory::Endpoint<ServerWire>,
+    Channel<ServerWire>,
+    tokio::net::TcpStream,
+    tokio::task::JoinHandle<
+        Result<tether_tunnel::driver::Spliced, tether_tunnel::driver::SpliceError>,
+    >,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cp, mut agent) = memory::pair(Config::default(), Duration::ZERO);
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let splice = tokio::spawn(async move {
+        let _connection = agent.connection;
+        let mut ch = agent.incoming.recv().await.unwrap().accept().unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        connected_tx.send(()).unwrap();
+        tether_tunnel::driver::splice_tcp(&mut ch, &mut tcp, |_| {}, |_| {}).await
+    });
+    let ch = cp.connection.open(Target::new("db", 5432)).await.unwrap();
+    let (far, _) = listener.accept().await.unwrap();
+    // The splice runs before the test may abort the socket.
+    connected.await.unwrap();
+    (cp, ch, far, splice)
+}
+
+#[tokio::test]
+async fn splice_tcp_carries_both_ways_and_propagates_half_close() {
+    let (_cp, mut ch, mut far, splice) = spliced().await;
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    ch.write_all(&big).await.unwrap();
+    ch.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    far.read_to_end(&mut got).await.unwrap();
+    assert!(got == big, "bytes from the channel arrived changed");
+    // The other direction still works after the half-close.
+    far.write_all(b"answer after FIN").await.unwrap();
+    far.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    ch.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"answer after FIN");
+    let moved = splice.await.unwrap().unwrap();
+    assert_eq!(moved.out_of_channel, big.len() as u64);
+    assert_eq!(moved.into_channel, 16);
+}
+
+#[tokio::test]
+async fn splice_tcp_says_which_side_failed() {
+    // The socket's peer aborts: the splice reports the stream.
+    let (_cp, mut ch, far, splice) = spliced().await;
+    ch.write_all(b"x").await.unwrap();
+    far.set_zero_linger().unwrap();
+    drop(far);
+    let err = splice.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, tether_tunnel::driver::SpliceError::Stream(_)),
+        "{err}"
+    );
+
+    // The channel is reset: the splice reports the channel.
+    let (_cp, mut ch, _far, splice) = spliced().await;
+    ch.reset(ResetCode::Cancelled, "client went away");
+    let err = splice.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, tether_tunnel::driver::SpliceError::Channel(_)),
+        "{err}"
+    );
+}

@@ -157,6 +157,81 @@ impl<W: Wire> Channel<W> {
     }
 }
 
+impl<W: Wire> Channel<W> {
+    /// Reads the next chunk of data, up to `max` bytes, without copying it:
+    /// the bytes are the payload the peer sent. `None` is the end of the
+    /// peer's data (it half-closed).
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        if self.read_eof {
+            return Poll::Ready(Ok(None));
+        }
+        let shared = self.shared.clone();
+        let mut state = shared.lock();
+        match state.session.recv(now(), self.id, max) {
+            Ok(Read::Data(data)) => {
+                state.dispatch(&shared);
+                Poll::Ready(Ok(Some(data)))
+            }
+            Ok(Read::Fin) => {
+                state.dispatch(&shared);
+                drop(state);
+                self.read_eof = true;
+                Poll::Ready(Ok(None))
+            }
+            Ok(Read::Pending) => {
+                if let Some(slot) = state.slots.get_mut(&self.id) {
+                    slot.read = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Err(ChannelError::Closed(_)) if state.slots.get(&self.id).is_some_and(|s| s.closed) => {
+                drop(state);
+                self.read_eof = true;
+                Poll::Ready(Ok(None))
+            }
+            Err(_) => Poll::Ready(Err(self.gone(&state))),
+        }
+    }
+
+    /// Hands `data` to the session without copying it, as far as the peer's
+    /// credit allows; ready once all of it was taken (what was taken is
+    /// removed from the front of `data`).
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        let shared = self.shared.clone();
+        let mut state = shared.lock();
+        while !data.is_empty() {
+            match state.session.send_capacity(self.id) {
+                Ok(0) => {
+                    if let Some(slot) = state.slots.get_mut(&self.id) {
+                        slot.write = Some(cx.waker().clone());
+                    }
+                    state.dispatch(&shared);
+                    return Poll::Pending;
+                }
+                Ok(_) => {
+                    state
+                        .session
+                        .send(self.id, data)
+                        .expect("capacity was just checked");
+                }
+                Err(ChannelError::WriteClosed(_)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        format!("channel {} was shut down for writing", self.id),
+                    )));
+                }
+                Err(_) => return Poll::Ready(Err(self.gone(&state))),
+            }
+        }
+        state.dispatch(&shared);
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<W: Wire> AsyncRead for Channel<W> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -32,7 +32,7 @@ use tokio::{sync::mpsc, time::Sleep};
 
 pub use self::{
     channel::{Channel, ChannelReset, IncomingChannel},
-    splice::{SpliceError, Spliced, splice},
+    splice::{SpliceError, Spliced, splice, splice_tcp},
 };
 use crate::{
     ChannelError, ChannelId, Config, Event, Frame, Inbound, ProtocolError, ResetCode, ResetInfo,

@@ -139,3 +139,154 @@ where
         self.note(r)
     }
 }
+
+/// Bytes read from a socket per read: the allocation each read makes, and
+/// which the frames sent from it share (no copy into the session).
+const SOCKET_READ: usize = 64 * 1024;
+/// Largest chunk taken from the channel per socket write.
+const CHANNEL_READ: usize = 256 * 1024;
+
+/// [`splice`] for a TCP socket, without copies and without buffers while
+/// idle: a read buffer is allocated only once the socket is readable, and
+/// its bytes go into the session as they are (frames are slices of it);
+/// data from the peer is written to the socket straight from the frames
+/// that carried it. An idle channel therefore holds no buffer at all.
+pub async fn splice_tcp<W, A, B>(
+    channel: &mut Channel<W>,
+    tcp: &mut tokio::net::TcpStream,
+    on_into: A,
+    on_out: B,
+) -> Result<Spliced, SpliceError>
+where
+    W: Wire,
+    A: Fn(u64),
+    B: Fn(u64),
+{
+    let mut into = Into::default();
+    let mut out = Out::default();
+    std::future::poll_fn(|cx| {
+        let a = into.poll(cx, channel, tcp, &on_into)?;
+        let b = out.poll(cx, channel, tcp, &on_out)?;
+        if a.is_ready() && b.is_ready() {
+            Poll::Ready(Ok(Spliced {
+                into_channel: into.moved,
+                out_of_channel: out.moved,
+            }))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Socket → channel.
+#[derive(Default)]
+struct Into {
+    pending: bytes::Bytes,
+    eof: bool,
+    done: bool,
+    moved: u64,
+}
+
+impl Into {
+    fn poll<W: Wire>(
+        &mut self,
+        cx: &mut Context<'_>,
+        channel: &mut Channel<W>,
+        tcp: &mut tokio::net::TcpStream,
+        on_into: &impl Fn(u64),
+    ) -> Poll<Result<(), SpliceError>> {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if !self.pending.is_empty() {
+                match channel.poll_send(cx, &mut self.pending) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SpliceError::Channel(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.eof {
+                match Pin::new(&mut *channel).poll_shutdown(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.done = true;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SpliceError::Channel(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match tcp.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SpliceError::Stream(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+            let mut buf = bytes::BytesMut::with_capacity(SOCKET_READ);
+            match tcp.try_read_buf(&mut buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.moved += n as u64;
+                    on_into(n as u64);
+                    self.pending = buf.freeze();
+                }
+                // Readiness was stale; poll_read_ready registers again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(SpliceError::Stream(e))),
+            }
+        }
+    }
+}
+
+/// Channel → socket.
+#[derive(Default)]
+struct Out {
+    pending: bytes::Bytes,
+    eof: bool,
+    done: bool,
+    moved: u64,
+}
+
+impl Out {
+    fn poll<W: Wire>(
+        &mut self,
+        cx: &mut Context<'_>,
+        channel: &mut Channel<W>,
+        tcp: &mut tokio::net::TcpStream,
+        on_out: &impl Fn(u64),
+    ) -> Poll<Result<(), SpliceError>> {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if !self.pending.is_empty() {
+                match Pin::new(&mut *tcp).poll_write(cx, &self.pending) {
+                    Poll::Ready(Ok(n)) => {
+                        let _ = self.pending.split_to(n);
+                        self.moved += n as u64;
+                        on_out(n as u64);
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SpliceError::Stream(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.eof {
+                match Pin::new(&mut *tcp).poll_shutdown(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.done = true;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SpliceError::Stream(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match channel.poll_recv(cx, CHANNEL_READ) {
+                Poll::Ready(Ok(Some(data))) => self.pending = data,
+                Poll::Ready(Ok(None)) => self.eof = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SpliceError::Channel(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
