@@ -7,7 +7,7 @@ use std::{fmt, io, sync::Arc, time::Duration};
 use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, pki_types::ServerName};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::net::TcpStream;
+use tokio::{io::BufReader, net::TcpStream};
 use tokio_rustls::TlsConnector;
 use tonic::{
     metadata::MetadataValue,
@@ -131,12 +131,16 @@ pub fn channel(
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
+/// Read buffer under TLS: rustls reads at most 4 KiB per call, and
+/// without a buffer each of those is a system call.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// TCP connect with no delay, then the TLS handshake.
 pub async fn connect_tls(
     host: &str,
     port: u16,
     tls: &TlsConnector,
-) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+) -> io::Result<tokio_rustls::client::TlsStream<BufReader<TcpStream>>> {
     let server_name = ServerName::try_from(host.to_owned()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -145,7 +149,8 @@ pub async fn connect_tls(
     })?;
     let tcp = TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;
-    tls.connect(server_name, tcp).await
+    tls.connect(server_name, BufReader::with_capacity(READ_BUFFER, tcp))
+        .await
 }
 
 /// Adds `authorization: Bearer <API key>` to every call.

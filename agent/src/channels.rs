@@ -10,7 +10,7 @@ use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 use tether::proto::ResetCode;
 use tether_tunnel::{
     AgentWire,
-    driver::{IncomingChannel, SpliceError, splice},
+    driver::{IncomingChannel, SpliceError, splice_tcp},
 };
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
@@ -91,7 +91,7 @@ pub async fn serve(policy: Arc<Policy>, offer: IncomingChannel<AgentWire>) {
             return;
         };
         debug!("channel open");
-        match splice(&mut channel, &mut tcp, |_| {}, |_| {}).await {
+        match splice_tcp(&mut channel, &mut tcp, |_| {}, |_| {}).await {
             Ok(n) => debug!(sent = n.into_channel, received = n.out_of_channel, "channel closed"),
             Err(SpliceError::Stream(e)) => {
                 debug!(error = %e, "the target's connection failed");

@@ -180,7 +180,7 @@ async fn client(
     let metrics = state.metrics.channel_opened(&conn.pool, "gateway");
     open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     debug!(agent_id = %session.agent_id, channel_id = %channel.id(), "gateway channel open");
-    match splice::run(&mut channel, &mut tcp, &metrics).await {
+    match splice::run_tcp(&mut channel, &mut tcp, &metrics).await {
         Ok(()) => {}
         Err(Failed::Client(e)) => debug!(error = %e, "gateway client went away"),
         Err(Failed::Channel(reset)) => {

@@ -7,9 +7,12 @@ use std::io;
 use tether::proto::ResetCode;
 use tether_tunnel::{
     ServerWire,
-    driver::{Channel, ChannelReset, SpliceError, splice},
+    driver::{Channel, ChannelReset, SpliceError, Spliced, splice, splice_tcp},
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 
 use crate::metrics::OpenChannel;
 
@@ -35,7 +38,7 @@ pub fn reset_of(e: &io::Error) -> ChannelReset {
         })
 }
 
-/// Copies both ways until both directions end.
+/// Copies both ways until both directions end (any stream: Dial calls).
 pub async fn run<S>(
     channel: &mut Channel<ServerWire>,
     client: &mut S,
@@ -56,6 +59,34 @@ where
         },
     )
     .await;
+    finish(channel, result)
+}
+
+/// The same for a TCP client (gateway ports), without copies.
+pub async fn run_tcp(
+    channel: &mut Channel<ServerWire>,
+    client: &mut TcpStream,
+    metrics: &OpenChannel,
+) -> Result<(), Failed> {
+    let (to_agent, from_agent) = metrics.byte_counters();
+    let result = splice_tcp(
+        channel,
+        client,
+        move |n| {
+            to_agent.inc_by(n);
+        },
+        move |n| {
+            from_agent.inc_by(n);
+        },
+    )
+    .await;
+    finish(channel, result)
+}
+
+fn finish(
+    channel: &mut Channel<ServerWire>,
+    result: Result<Spliced, SpliceError>,
+) -> Result<(), Failed> {
     match result {
         Ok(_) => Ok(()),
         Err(SpliceError::Stream(e)) => {
