@@ -45,6 +45,15 @@ struct Args {
     /// Replace the end-to-end section of this markdown file with the results.
     #[arg(long)]
     write_docs: Option<PathBuf>,
+    /// Run only these measures (comma-separated): bulk, rtt, conn, idle, far.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, measure: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|m| m == measure)
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -113,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     // The far agent reaches the control plane through the 50 ms relay.
     let relay = relay::start(grpc, Duration::from_millis(25)).await?;
     let far_token = ctl(token("far")).await?;
-    let _far = procs::agent(
+    let _far_agent = procs::agent(
         &format!("https://{relay}"),
         &dir.path().join("far"),
         far_token.trim(),
@@ -122,104 +131,33 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let far_gateway = add_gateway(&ctl, "far", "far", target).await?;
 
-    let bytes = args.bulk_mib * 1024 * 1024;
-    let mbps = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
-    let mut rows = Vec::new();
     println!(
         "tether-bench: {} MiB bulk x {} reps, {} round trips, {} connections, {} idle channels",
         args.bulk_mib, args.reps, args.round_trips, args.connections, args.idle
     );
-
-    // Bulk, interleaved; CPU of the tunnel processes during Tether's runs.
-    let (mut up_d, mut up_t, mut down_d, mut down_t) = (vec![], vec![], vec![], vec![]);
-    let mut tunnel_cpu = 0.0;
-    let mut tunnel_bytes = 0u64;
-    for _ in 0..args.reps {
-        up_d.push(mbps(measure::upload(target, bytes).await?));
-        let cpu0 = cp.cpu_seconds() + agent.cpu_seconds();
-        up_t.push(mbps(measure::upload(gateway, bytes).await?));
-        down_d.push(mbps(measure::download(target, bytes).await?));
-        down_t.push(mbps(measure::download(gateway, bytes).await?));
-        tunnel_cpu += cp.cpu_seconds() + agent.cpu_seconds() - cpu0;
-        tunnel_bytes += 2 * bytes;
+    let bench = Bench {
+        cp,
+        agent,
+        target,
+        gateway,
+        far_gateway,
+    };
+    let mut rows = Vec::new();
+    if args.runs("bulk") {
+        rows.extend(bench.bulk(&args).await?);
     }
-    for (what, d, t) in [
-        ("bulk upload, 1 connection (MB/s)", up_d, up_t),
-        ("bulk download, 1 connection (MB/s)", down_d, down_t),
-    ] {
-        let (d, t) = (median(d), median(t));
-        rows.push(Row {
-            what: what.into(),
-            direct: format!("{d:.0}"),
-            tether: format!("{t:.0}"),
-            ratio: format!("{:.2}x", t / d),
-            target: ">= 0.25x".into(),
-        });
+    if args.runs("rtt") {
+        rows.extend(bench.round_trips(&args).await?);
     }
-    let cpu_per_gb = tunnel_cpu / (tunnel_bytes as f64 / 1e9);
-    rows.push(Row {
-        what: "tunnel CPU seconds per GB (agent + control plane)".into(),
-        direct: "-".into(),
-        tether: format!("{cpu_per_gb:.2}"),
-        ratio: "-".into(),
-        target: String::new(),
-    });
-
-    // Round trips.
-    let rt_d = micros(&measure::round_trips(target, 1_000, args.round_trips).await?);
-    let rt_t = micros(&measure::round_trips(gateway, 1_000, args.round_trips).await?);
-    for (name, p) in [("p50", 500), ("p99", 990)] {
-        let (d, t) = (percentile(&rt_d, p), percentile(&rt_t, p));
-        let target = if name == "p50" { "added <= 60 us" } else { "" };
-        rows.push(Row {
-            what: format!("64-byte round trip {name} (us)"),
-            direct: format!("{d:.1}"),
-            tether: format!("{t:.1}"),
-            ratio: format!("+{:.1} us", t - d),
-            target: target.into(),
-        });
+    if args.runs("conn") {
+        rows.push(bench.connections(&args).await?);
     }
-
-    // New connections per second.
-    let c_d = measure::connection_rate(target, args.connections, 16).await?;
-    let c_t = measure::connection_rate(gateway, args.connections, 16).await?;
-    rows.push(Row {
-        what: "new connections per second (16 at a time)".into(),
-        direct: format!("{c_d:.0}"),
-        tether: format!("{c_t:.0}"),
-        ratio: format!("{:.2}x", c_t / c_d),
-        target: ">= 5000/s".into(),
-    });
-
-    // Memory per idle channel (agent + control plane).
-    let before = cp.rss() + agent.rss();
-    let held = measure::idle(gateway, args.idle).await?;
-    let after = cp.rss() + agent.rss();
-    let per = after.saturating_sub(before) as f64 / args.idle as f64 / 1024.0;
-    rows.push(Row {
-        what: format!("RSS per idle channel, {} open (KiB)", args.idle),
-        direct: "-".into(),
-        tether: format!("{per:.1}"),
-        ratio: format!("{:.1} MiB in all", after as f64 / 1048576.0),
-        target: "<= 8 KiB".into(),
-    });
-    drop(held);
-
-    // Over 50 ms of round trip between agent and control plane: warm up,
-    // then measure (windows must have grown).
-    measure::download(far_gateway, 64 * 1024 * 1024).await?;
-    let mut far = vec![];
-    for _ in 0..args.reps {
-        far.push(mbps(measure::download(far_gateway, bytes).await?));
+    if args.runs("idle") {
+        rows.push(bench.idle(&args).await?);
     }
-    let far = median(far);
-    rows.push(Row {
-        what: "bulk download, agent 50 ms away (MB/s)".into(),
-        direct: "-".into(),
-        tether: format!("{far:.0}"),
-        ratio: "-".into(),
-        target: ">= 100 MB/s".into(),
-    });
+    if args.runs("far") {
+        rows.push(bench.far(&args).await?);
+    }
 
     let table = render(&rows);
     println!("\n{table}");
@@ -228,6 +166,138 @@ async fn main() -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The processes and addresses every measure uses.
+struct Bench {
+    cp: procs::Proc,
+    agent: procs::Proc,
+    target: SocketAddr,
+    gateway: SocketAddr,
+    far_gateway: SocketAddr,
+}
+
+impl Bench {
+    fn bytes(args: &Args) -> u64 {
+        args.bulk_mib * 1024 * 1024
+    }
+
+    async fn bulk(&self, args: &Args) -> anyhow::Result<Vec<Row>> {
+        let (cp, agent, target, gateway) = (&self.cp, &self.agent, self.target, self.gateway);
+        let bytes = Self::bytes(args);
+        let mbps = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
+        let mut rows = Vec::new();
+        // Bulk, interleaved; CPU of the tunnel processes during Tether's runs.
+        let (mut up_d, mut up_t, mut down_d, mut down_t) = (vec![], vec![], vec![], vec![]);
+        let mut tunnel_cpu = 0.0;
+        let mut tunnel_bytes = 0u64;
+        for _ in 0..args.reps {
+            up_d.push(mbps(measure::upload(target, bytes).await?));
+            let cpu0 = cp.cpu_seconds() + agent.cpu_seconds();
+            up_t.push(mbps(measure::upload(gateway, bytes).await?));
+            down_d.push(mbps(measure::download(target, bytes).await?));
+            down_t.push(mbps(measure::download(gateway, bytes).await?));
+            tunnel_cpu += cp.cpu_seconds() + agent.cpu_seconds() - cpu0;
+            tunnel_bytes += 2 * bytes;
+        }
+        for (what, d, t) in [
+            ("bulk upload, 1 connection (MB/s)", up_d, up_t),
+            ("bulk download, 1 connection (MB/s)", down_d, down_t),
+        ] {
+            let (d, t) = (median(d), median(t));
+            rows.push(Row {
+                what: what.into(),
+                direct: format!("{d:.0}"),
+                tether: format!("{t:.0}"),
+                ratio: format!("{:.2}x", t / d),
+                target: ">= 0.25x".into(),
+            });
+        }
+        let cpu_per_gb = tunnel_cpu / (tunnel_bytes as f64 / 1e9);
+        rows.push(Row {
+            what: "tunnel CPU seconds per GB (agent + control plane)".into(),
+            direct: "-".into(),
+            tether: format!("{cpu_per_gb:.2}"),
+            ratio: "-".into(),
+            target: String::new(),
+        });
+
+        Ok(rows)
+    }
+
+    async fn round_trips(&self, args: &Args) -> anyhow::Result<Vec<Row>> {
+        let (target, gateway) = (self.target, self.gateway);
+        let mut rows = Vec::new();
+        // Round trips.
+        let rt_d = micros(&measure::round_trips(target, 1_000, args.round_trips).await?);
+        let rt_t = micros(&measure::round_trips(gateway, 1_000, args.round_trips).await?);
+        for (name, p) in [("p50", 500), ("p99", 990)] {
+            let (d, t) = (percentile(&rt_d, p), percentile(&rt_t, p));
+            let target = if name == "p50" { "added <= 60 us" } else { "" };
+            rows.push(Row {
+                what: format!("64-byte round trip {name} (us)"),
+                direct: format!("{d:.1}"),
+                tether: format!("{t:.1}"),
+                ratio: format!("+{:.1} us", t - d),
+                target: target.into(),
+            });
+        }
+
+        Ok(rows)
+    }
+
+    async fn connections(&self, args: &Args) -> anyhow::Result<Row> {
+        let (target, gateway) = (self.target, self.gateway);
+        // New connections per second.
+        let c_d = measure::connection_rate(target, args.connections, 16).await?;
+        let c_t = measure::connection_rate(gateway, args.connections, 16).await?;
+        Ok(Row {
+            what: "new connections per second (16 at a time)".into(),
+            direct: format!("{c_d:.0}"),
+            tether: format!("{c_t:.0}"),
+            ratio: format!("{:.2}x", c_t / c_d),
+            target: ">= 5000/s".into(),
+        })
+    }
+
+    async fn idle(&self, args: &Args) -> anyhow::Result<Row> {
+        let (cp, agent, gateway) = (&self.cp, &self.agent, self.gateway);
+        // Memory per idle channel (agent + control plane).
+        let before = cp.rss() + agent.rss();
+        let held = measure::idle(gateway, args.idle).await?;
+        let after = cp.rss() + agent.rss();
+        let per = after.saturating_sub(before) as f64 / args.idle as f64 / 1024.0;
+        let row = Row {
+            what: format!("RSS per idle channel, {} open (KiB)", args.idle),
+            direct: "-".into(),
+            tether: format!("{per:.1}"),
+            ratio: format!("{:.1} MiB in all", after as f64 / 1048576.0),
+            target: "<= 8 KiB".into(),
+        };
+        drop(held);
+        Ok(row)
+    }
+
+    async fn far(&self, args: &Args) -> anyhow::Result<Row> {
+        let far_gateway = self.far_gateway;
+        let bytes = Self::bytes(args);
+        let mbps = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e6;
+        // Over 50 ms of round trip between agent and control plane: warm up,
+        // then measure (windows must have grown).
+        measure::download(far_gateway, 64 * 1024 * 1024).await?;
+        let mut far = vec![];
+        for _ in 0..args.reps {
+            far.push(mbps(measure::download(far_gateway, bytes).await?));
+        }
+        let far = median(far);
+        Ok(Row {
+            what: "bulk download, agent 50 ms away (MB/s)".into(),
+            direct: "-".into(),
+            tether: format!("{far:.0}"),
+            ratio: "-".into(),
+            target: ">= 100 MB/s".into(),
+        })
+    }
 }
 
 async fn add_gateway<F, Fut>(
