@@ -4,12 +4,6 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of glibc malloc: the data path allocates and frees
-/// 32-64 KiB buffers at a high rate, which glibc serves with page faults
-/// and trims (measured: a fifth of the CPU in the bulk benchmark).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match tether_agent::Config::from_env_and_args() {

@@ -182,6 +182,10 @@ where
 /// Socket → channel.
 #[derive(Default)]
 struct Into {
+    /// Read buffer, kept while data flows so that its memory is reused
+    /// (and stays in cache) once the frames cut from it were sent; let go
+    /// when the socket has nothing to read.
+    buf: bytes::BytesMut,
     pending: bytes::Bytes,
     eof: bool,
     done: bool,
@@ -220,15 +224,19 @@ impl Into {
             match tcp.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SpliceError::Stream(e))),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Idle: hold no buffer.
+                    self.buf = bytes::BytesMut::new();
+                    return Poll::Pending;
+                }
             }
-            let mut buf = bytes::BytesMut::with_capacity(SOCKET_READ);
-            match tcp.try_read_buf(&mut buf) {
+            self.buf.reserve(SOCKET_READ);
+            match tcp.try_read_buf(&mut self.buf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.moved += n as u64;
                     on_into(n as u64);
-                    self.pending = buf.freeze();
+                    self.pending = self.buf.split().freeze();
                 }
                 // Readiness was stale; poll_read_ready registers again.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
