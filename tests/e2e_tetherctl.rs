@@ -199,3 +199,34 @@ async fn the_quickstart_runs_and_stops_cleanly() {
     // Both children are gone: nothing answers on the gateway any more.
     assert!(tokio::net::TcpStream::connect(&gateway).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplied_bootstrap_key_is_the_admin_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = format!("tether-key.v1.{}.{}", "0123456789abcdef", "ab".repeat(32));
+    let file = dir.path().join("bootstrap.key");
+    std::fs::write(&file, format!("{key}\n")).unwrap();
+    let cp = ControlPlane::start_on(
+        &dir.path().join("cp"),
+        "127.0.0.1:0",
+        &["--bootstrap-api-key-file", file.to_str().unwrap()],
+    )
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_tetherctl"))
+        .args(["--endpoint", &cp.endpoint(), "--ca-file"])
+        .arg(cp.data_dir.join("ca.pem"))
+        .args(["tokens", "list"])
+        .env("TETHER_API_KEY", &key)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !cp.logs.text().contains(&"ab".repeat(32)),
+        "the key leaked into the log"
+    );
+}

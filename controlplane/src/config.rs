@@ -52,6 +52,11 @@ pub struct Args {
     /// Private key (PEM) of --ca-cert-file.
     #[arg(long, env = "TETHER_CA_KEY_FILE")]
     pub ca_key_file: Option<String>,
+    /// File with the admin API key to create when the store has none (e.g.
+    /// a Kubernetes Secret); by default one is generated into the data
+    /// directory (admin.key).
+    #[arg(long, env = "TETHER_BOOTSTRAP_API_KEY_FILE")]
+    pub bootstrap_api_key_file: Option<String>,
     /// How often agents send a heartbeat [default: 10s].
     #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,
@@ -92,6 +97,8 @@ pub struct Config {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// Supplied CA certificate and key.
     pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Supplied bootstrap admin key file.
+    pub bootstrap_api_key_file: Option<PathBuf>,
     /// Agent heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Agent certificate lifetime.
@@ -200,6 +207,9 @@ impl Config {
             tls_names,
             tls_files,
             ca_files,
+            bootstrap_api_key_file: l
+                .text("bootstrap_api_key_file")?
+                .map(|v| PathBuf::from(v.value)),
             heartbeat_interval,
             agent_cert_lifetime,
             gateway_allow_external: l.flag("gateway_allow_external", false)?,

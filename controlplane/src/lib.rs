@@ -95,6 +95,14 @@ pub enum StartError {
     /// TLS could not be configured.
     #[error("invalid TLS setup: {0}")]
     Tls(#[from] rustls::Error),
+    /// The supplied bootstrap API key cannot be used.
+    #[error("cannot use the bootstrap API key file {path}: {why}")]
+    BootstrapKey {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
     /// Reflection could not be built.
     #[error("cannot build server reflection: {0}")]
     Reflection(String),
@@ -136,15 +144,37 @@ fn create_data_dir(dir: &Path) -> Result<(), StartError> {
         .map_err(err)
 }
 
-/// Creates the bootstrap admin key when the store has no key at all.
-async fn bootstrap_key(store: &dyn Store, data_dir: &Path) -> Result<(), StartError> {
+/// Creates the bootstrap admin key when the store has no key at all: the
+/// supplied one, or a new one.
+async fn bootstrap_key(
+    store: &dyn Store,
+    data_dir: &Path,
+    supplied: Option<&Path>,
+) -> Result<(), StartError> {
     if store.count_api_keys().await? > 0 {
         return Ok(());
     }
-    let (key_id, key) = secrets::new_api_key();
-    let secret = secrets::split_api_key(&key)
-        .map(|(_, s)| s)
-        .expect("a freshly made key has the key shape");
+    let key = match supplied {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| StartError::BootstrapKey {
+                    path: path.display().to_string(),
+                    why: source.to_string(),
+                })?;
+            secrecy::SecretString::from(text.trim().to_owned())
+        }
+        None => secrets::new_api_key().1,
+    };
+    let Some((key_id, secret)) = secrets::split_api_key(&key) else {
+        return Err(StartError::BootstrapKey {
+            path: supplied
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            why:
+                "it does not hold a Tether API key (tether-key.v1.<16 hex digits>.<64 hex digits>)"
+                    .into(),
+        });
+    };
     store
         .insert_api_key(&ApiKeyRecord {
             key_id: key_id.clone(),
@@ -198,7 +228,12 @@ pub async fn run(
         // tetherctl on this host finds the CA in the data directory.
         let _ = std::fs::write(config.data_dir.join("ca.pem"), &authority.ca_pem);
     }
-    bootstrap_key(store.as_ref(), &config.data_dir).await?;
+    bootstrap_key(
+        store.as_ref(),
+        &config.data_dir,
+        config.bootstrap_api_key_file.as_deref(),
+    )
+    .await?;
 
     let grpc_listener = bind(config.listen, "gRPC", "listen").await?;
     let ops_listener = bind(config.ops_listen, "ops HTTP", "ops-listen").await?;

@@ -65,3 +65,31 @@ fn a_port_in_use_is_reported_with_the_setting_to_change() {
     );
     assert!(err.contains("change --listen"), "{err}");
 }
+
+#[test]
+fn a_malformed_bootstrap_key_is_refused_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "not-a-key\n").unwrap();
+    let (code, err) = run(
+        &[
+            "--bootstrap-api-key-file",
+            key.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot use the bootstrap API key file"),
+        "{err}"
+    );
+    assert!(err.contains("tether-key.v1."), "{err}");
+    assert!(
+        !err.contains("not-a-key"),
+        "the file's content must not be echoed: {err}"
+    );
+}
