@@ -30,6 +30,7 @@ fn main() -> io::Result<()> {
         .skip_debug([
             ".tether.v1.EnrollRequest",
             ".tether.v1.CreateEnrollmentTokenResponse",
+            ".tether.v1.CreateApiKeyResponse",
         ])
         .file_descriptor_set_path(out.join("tether_descriptor.bin"))
         .compile_with_config(config, PROTOS, &["proto"])?;

@@ -9,6 +9,8 @@ use rustls::{ClientConfig, pki_types::ServerName};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::{io::BufReader, net::TcpStream};
 use tokio_rustls::TlsConnector;
+
+use crate::proxy::Proxy;
 use tonic::{
     metadata::MetadataValue,
     service::Interceptor,
@@ -101,11 +103,21 @@ impl fmt::Display for ControlPlaneAddr {
     }
 }
 
-/// Dials the control plane and performs the TLS handshake. The channel is
-/// lazy: the first call connects, and tonic reconnects after a failure.
+/// Dials the control plane (through `HTTPS_PROXY` unless `NO_PROXY`
+/// exempts it) and performs the TLS handshake. The channel is lazy: the
+/// first call connects, and tonic reconnects after a failure.
 pub fn channel(
     addr: &ControlPlaneAddr,
     tls: ClientConfig,
+) -> Result<Channel, tonic::transport::Error> {
+    channel_with(addr, tls, Arc::new(Proxy::from_env()))
+}
+
+/// [`channel`] with an explicit proxy choice.
+pub fn channel_with(
+    addr: &ControlPlaneAddr,
+    tls: ClientConfig,
+    proxy: Arc<Proxy>,
 ) -> Result<Channel, tonic::transport::Error> {
     let host = addr.host.clone();
     let port = addr.port;
@@ -126,7 +138,12 @@ pub fn channel(
     let connector = tower::service_fn(move |_| {
         let host = host.clone();
         let tls = tls.clone();
-        async move { connect_tls(&host, port, &tls).await.map(TokioIo::new) }
+        let proxy = proxy.clone();
+        async move {
+            connect_tls(&host, port, &tls, &proxy)
+                .await
+                .map(TokioIo::new)
+        }
     });
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
@@ -135,11 +152,13 @@ pub fn channel(
 /// without a buffer each of those is a system call.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// TCP connect with no delay, then the TLS handshake.
+/// TCP connect (through the proxy if one applies) with no delay, then the
+/// TLS handshake.
 pub async fn connect_tls(
     host: &str,
     port: u16,
     tls: &TlsConnector,
+    proxy: &Proxy,
 ) -> io::Result<tokio_rustls::client::TlsStream<BufReader<TcpStream>>> {
     let server_name = ServerName::try_from(host.to_owned()).map_err(|_| {
         io::Error::new(
@@ -147,7 +166,7 @@ pub async fn connect_tls(
             format!("{host:?} is not a valid TLS server name"),
         )
     })?;
-    let tcp = TcpStream::connect((host, port)).await?;
+    let tcp = proxy.connect(host, port).await?;
     tcp.set_nodelay(true)?;
     tls.connect(server_name, BufReader::with_capacity(READ_BUFFER, tcp))
         .await
@@ -191,6 +210,9 @@ impl Interceptor for ApiKey {
 pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
     if let Some(pin) = crate::tls::find_pin_mismatch(err) {
         return pin.to_string();
+    }
+    if let Some(hint) = crate::tls::clock_hint(err) {
+        return hint;
     }
     let mut parts = vec![err.to_string()];
     let mut cur = err.source();

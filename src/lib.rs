@@ -25,6 +25,7 @@ pub mod config;
 pub mod dial;
 pub mod join;
 pub mod logging;
+pub mod proxy;
 mod redact;
 pub mod tls;
 

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::proto::{CreateEnrollmentTokenResponse, EnrollRequest};
+use crate::proto::{CreateApiKeyResponse, CreateEnrollmentTokenResponse, EnrollRequest};
 
 const REDACTED: &str = "[redacted]";
 
@@ -24,6 +24,15 @@ impl fmt::Debug for CreateEnrollmentTokenResponse {
         f.debug_struct("CreateEnrollmentTokenResponse")
             .field("token", &self.token)
             .field("join_token", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CreateApiKeyResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateApiKeyResponse")
+            .field("key", &self.key)
+            .field("api_key", &REDACTED)
             .finish()
     }
 }

@@ -301,6 +301,38 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// A certificate that is not valid at this host's time usually means a
+/// wrong clock: says so, with the fix, instead of an opaque TLS failure.
+pub fn clock_hint(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired)) =
+            e.downcast_ref::<rustls::Error>()
+        {
+            return Some(
+                "the control plane refused this host's certificate as expired (TLS alert): renew it, or re-enroll \
+                 with a new join token; if it should still be valid, check this host's clock (NTP)"
+                    .into(),
+            );
+        }
+        if let Some(rustls::Error::InvalidCertificate(c)) = e.downcast_ref::<rustls::Error>() {
+            let which = match c {
+                rustls::CertificateError::Expired
+                | rustls::CertificateError::ExpiredContext { .. } => "expired",
+                rustls::CertificateError::NotValidYet
+                | rustls::CertificateError::NotValidYetContext { .. } => "not valid yet",
+                _ => return None,
+            };
+            return Some(format!(
+                "the TLS certificate is {which} according to this host's clock ({c:?}); check this host's clock \
+                 (NTP, e.g. `timedatectl set-ntp true`), or renew the certificate if the clock is right"
+            ));
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Finds a [`PinMismatch`] in an error's source chain.
 pub fn find_pin_mismatch<'a>(
     err: &'a (dyn std::error::Error + 'static),

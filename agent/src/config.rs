@@ -14,9 +14,10 @@ use tether::{
     config::{ConfigError, Layers, Source},
     join::JoinToken,
     logging,
+    tls::Pin,
 };
 
-use crate::egress::Policy;
+use crate::{egress::Policy, identity::TrustSettings};
 
 /// Every setting, as clap sees it (field names are the YAML keys).
 #[derive(Debug, Parser)]
@@ -45,6 +46,22 @@ pub struct Args {
     /// Everything else is denied.
     #[arg(long = "allow", env = "TETHER_EGRESS_ALLOW", value_delimiter = ',')]
     pub egress_allow: Vec<String>,
+    /// PEM file of extra CAs to trust for the control plane (e.g. the CA of
+    /// a TLS-inspecting proxy; used when pin_ca is false).
+    #[arg(long, env = "TETHER_CA_FILE")]
+    pub ca_file: Option<String>,
+    /// Pin the control plane's CA: the join token's pin at enrollment, the
+    /// CA learned then afterwards. Turn off only to pass TLS inspection
+    /// whose CA is in ca_file [default: true].
+    #[arg(long, env = "TETHER_PIN_CA")]
+    pub pin_ca: Option<String>,
+    /// A CA pin (sha256:…) to require instead of the join token's.
+    #[arg(long, env = "TETHER_CA_PIN")]
+    pub ca_pin: Option<String>,
+    /// Clock skew against the control plane beyond which the agent warns
+    /// [default: 30s].
+    #[arg(long, env = "TETHER_MAX_CLOCK_SKEW")]
+    pub max_clock_skew: Option<String>,
     /// Labels, key=value (repeatable or comma-separated).
     #[arg(long = "label", env = "TETHER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -67,6 +84,10 @@ pub struct Config {
     pub join_token: Option<JoinToken>,
     /// Egress policy.
     pub egress: Policy,
+    /// How the control plane is trusted.
+    pub trust: TrustSettings,
+    /// Warn beyond this clock skew.
+    pub max_clock_skew: std::time::Duration,
     /// Labels sent in Hello.
     pub labels: BTreeMap<String, String>,
     /// Log format.
@@ -136,6 +157,23 @@ impl Config {
                 })?
             }
         };
+        let pin = l.flag("pin_ca", true)?;
+        let ca_file = l.text("ca_file")?.map(|v| PathBuf::from(v.value));
+        if !pin && ca_file.is_none() {
+            tracing::debug!("pin_ca is off without ca_file: the system trust store decides");
+        }
+        let ca_pin = match l.text("ca_pin")? {
+            None => None,
+            Some(v) => Some(Pin::parse(&v.value).map_err(|e| {
+                l.invalid("ca_pin", v.value.clone(), v.source.clone(), e.to_string())
+            })?),
+        };
+        let trust = TrustSettings {
+            ca_file,
+            pin,
+            ca_pin,
+        };
+        let max_clock_skew = l.duration("max_clock_skew", std::time::Duration::from_secs(30))?;
         let mut labels = BTreeMap::new();
         if let Some(v) = l.list("labels")? {
             for item in v.value.iter().filter(|s| !s.is_empty()) {
@@ -155,6 +193,8 @@ impl Config {
             state_dir,
             join_token,
             egress,
+            trust,
+            max_clock_skew,
             labels,
             log_format: l.parse("log_format", logging::Format::Auto)?,
             log_level: l.parse_with("log_level", "info".to_owned(), logging::parse_filter)?,

@@ -34,6 +34,9 @@ const REFUSED_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Context {
     pub endpoint: ControlPlaneAddr,
+    pub state_dir: std::path::PathBuf,
+    pub trust: identity::TrustSettings,
+    pub max_clock_skew: Duration,
     pub policy: Arc<Policy>,
     pub labels: BTreeMap<String, String>,
     pub hostname: String,
@@ -69,6 +72,9 @@ fn config_hash(config: &Config) -> String {
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
     let ctx = Context {
         endpoint: config.endpoint.clone(),
+        state_dir: config.state_dir.clone(),
+        trust: config.trust.clone(),
+        max_clock_skew: config.max_clock_skew,
         policy: Arc::new(config.egress.clone()),
         labels: config.labels.clone(),
         hostname: hostname(),
@@ -80,13 +86,20 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         );
     }
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let identity = loop {
+    let mut identity = loop {
         let attempt = match identity::load(&config.state_dir)? {
             Some(id) => Ok(id),
             None => match &config.join_token {
                 None => return Err(IdentityError::NoToken.into()),
                 Some(token) => {
-                    identity::enroll(&config.state_dir, &ctx.endpoint, token, &ctx.hostname).await
+                    identity::enroll(
+                        &config.state_dir,
+                        &ctx.endpoint,
+                        token,
+                        &ctx.trust,
+                        &ctx.hostname,
+                    )
+                    .await
                 }
             },
         };
@@ -107,7 +120,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     backoff.reset();
     while !cancel.is_cancelled() {
         let started = Instant::now();
-        let delay = match session::run(&ctx, &identity, &cancel).await {
+        let delay = match session::run(&ctx, &mut identity, &cancel).await {
             Ok(Ended::Cancelled) => break,
             Ok(Ended::GoAway(after)) => {
                 backoff.reset();

@@ -33,9 +33,12 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::Streaming;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::{Context as AgentContext, channels, identity::Enrolled};
+use crate::{
+    Context as AgentContext, channels,
+    identity::{self, Enrolled, IdentityError},
+};
 
 /// How long the control plane may take to answer Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
@@ -101,13 +104,23 @@ impl Stream for LateInbound {
 }
 
 /// Runs one session until it ends.
+/// `identity` is renewed during the session when its time comes; the next
+/// session then uses the new certificate.
 pub async fn run(
     ctx: &AgentContext,
-    identity: &Enrolled,
+    identity: &mut Enrolled,
     cancel: &CancellationToken,
 ) -> Result<Ended, AttachError> {
+    let now_ms = unix_ms();
+    if identity.info.not_after_unix_ms > 0 && identity.info.not_after_unix_ms < now_ms {
+        return Err(AttachError::Refused(format!(
+            "this agent's certificate expired {} s ago (it was not renewed in time: offline for longer than its \
+             lifetime?); re-enroll with a new join token",
+            (now_ms - identity.info.not_after_unix_ms) / 1000
+        )));
+    }
     let tls = identity
-        .tls()
+        .tls(&ctx.trust)
         .map_err(|e| AttachError::Refused(format!("the stored identity cannot be used: {e}")))?;
     let channel =
         client::channel(&ctx.endpoint, tls).map_err(|e| AttachError::Unavailable(e.to_string()))?;
@@ -138,7 +151,7 @@ pub async fn run(
         })),
     };
     let request = stream::once(async { hello }).chain(parts.outbound);
-    let mut client = TunnelClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let mut client = TunnelClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     let response = tokio::select! {
         r = client.attach(request) => r,
         () = cancel.cancelled() => return Ok(Ended::Cancelled),
@@ -180,12 +193,15 @@ pub async fn run(
     };
     let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
     info!(session_id = %welcome.session_id, replica_id = %welcome.replica_id, heartbeat_interval = ?interval, "attached");
+    check_clock(welcome.server_time_unix_ms, ctx.max_clock_skew);
 
     let tracker = TaskTracker::new();
     let mut heartbeats = Heartbeats::new(interval);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut shutting_down = false;
+    let mut renew_timer = Box::pin(tokio::time::sleep_until(until(identity.renew_at())));
+    let mut renewal: Option<tokio::task::JoinHandle<Result<Enrolled, IdentityError>>> = None;
     let ended = loop {
         tokio::select! {
             end = &mut driver => {
@@ -216,17 +232,81 @@ pub async fn run(
                     debug!("heartbeat not queued: the control lane is full or the session ended");
                 }
             }
+            () = &mut renew_timer, if renewal.is_none() => {
+                let (dir, channel, current) = (ctx.state_dir.clone(), channel.clone(), identity.clone());
+                // Ends with the RPC (bounded by tonic's connect timeout and the
+                // control plane's answer); awaited below.
+                renewal = Some(tokio::spawn(async move { identity::renew(&dir, channel, current).await }));
+            }
+            done = async { renewal.as_mut().expect("guarded by the branch condition").await }, if renewal.is_some() => {
+                renewal = None;
+                let retry = match done {
+                    Ok(Ok(renewed)) => {
+                        *identity = renewed;
+                        until(identity.renew_at())
+                    }
+                    Ok(Err(e @ IdentityError::Refused { .. })) => {
+                        error!(error = %e, "certificate renewal refused; the agent stops working when its certificate expires");
+                        tokio::time::Instant::now() + RENEW_RETRY_REFUSED
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, retry_in = ?RENEW_RETRY, "certificate renewal failed");
+                        tokio::time::Instant::now() + RENEW_RETRY
+                    }
+                    Err(e) => {
+                        error!(error = %e, "the renewal task failed");
+                        tokio::time::Instant::now() + RENEW_RETRY
+                    }
+                };
+                renew_timer.as_mut().reset(retry);
+            }
             () = cancel.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 connection.close("the agent is shutting down");
             }
         }
     };
+    if let Some(r) = renewal {
+        r.abort();
+    }
     // Channels end with the session (their resets are already queued).
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     info!(reason = ?ended, "session ended");
     Ok(ended)
+}
+
+/// Retry delay after a failed renewal (the control plane unreachable).
+const RENEW_RETRY: Duration = Duration::from_secs(30);
+/// Retry delay after a refused renewal (revoked, say).
+const RENEW_RETRY_REFUSED: Duration = Duration::from_secs(600);
+
+/// A wall-clock time as a tokio instant (now if it passed).
+fn until(at: SystemTime) -> tokio::time::Instant {
+    let wait = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + wait
+}
+
+/// Warns when this host's clock is off the control plane's by more than
+/// `limit`: certificates and leases depend on it, and the failure it causes
+/// later (a TLS error) would not say why.
+fn check_clock(server_time_unix_ms: i64, limit: Duration) {
+    if server_time_unix_ms <= 0 {
+        return;
+    }
+    let skew_ms = unix_ms() - server_time_unix_ms;
+    let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+    if skew_ms.abs() > limit_ms {
+        let direction = if skew_ms > 0 { "ahead of" } else { "behind" };
+        warn!(
+            clock_skew_ms = skew_ms,
+            "this host's clock is {:.1} s {direction} the control plane's (more than the allowed {limit:?}); \
+             fix it (NTP, e.g. `timedatectl set-ntp true`): certificates stop working when clocks disagree",
+            skew_ms.unsigned_abs() as f64 / 1000.0
+        );
+    }
 }
 
 fn handle_control(

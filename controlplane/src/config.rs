@@ -60,7 +60,10 @@ pub struct Args {
     /// How often agents send a heartbeat [default: 10s].
     #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,
-    /// Lifetime of agent certificates [default: 7d].
+    /// Clock skew of an agent beyond which it is reported [default: 30s].
+    #[arg(long, env = "TETHER_MAX_CLOCK_SKEW")]
+    pub max_clock_skew: Option<String>,
+    /// Lifetime of agent certificates; agents renew at two thirds [default: 7d].
     #[arg(long, env = "TETHER_AGENT_CERT_LIFETIME")]
     pub agent_cert_lifetime: Option<String>,
     /// Allow gateway listeners on non-loopback addresses [default: false].
@@ -103,6 +106,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Agent certificate lifetime.
     pub agent_cert_lifetime: Duration,
+    /// Reported clock skew.
+    pub max_clock_skew: Duration,
     /// Gateway listeners may bind non-loopback addresses.
     pub gateway_allow_external: bool,
     /// Shutdown wait for open channels.
@@ -181,18 +186,27 @@ impl Config {
                     "between 100ms and 10m",
                 )
             })?;
+        // Lifetimes of seconds are for tests and demonstrations of renewal.
         let agent_cert_lifetime = l.parse_with(
             "agent_cert_lifetime",
             Duration::from_secs(7 * 86_400),
             |s| {
                 within(
                     parse_duration(s)?,
-                    Duration::from_secs(60),
+                    Duration::from_secs(5),
                     Duration::from_secs(400 * 86_400),
-                    "between 1m and 400d",
+                    "between 5s and 400d",
                 )
             },
         )?;
+        let max_clock_skew = l.parse_with("max_clock_skew", Duration::from_secs(30), |s| {
+            within(
+                parse_duration(s)?,
+                Duration::from_millis(100),
+                Duration::from_secs(86_400),
+                "between 100ms and 1d",
+            )
+        })?;
         let max_concurrent_streams = l.parse_with("max_concurrent_streams", 4096u32, |s| {
             s.parse::<u32>()
                 .ok()
@@ -212,6 +226,7 @@ impl Config {
                 .map(|v| PathBuf::from(v.value)),
             heartbeat_interval,
             agent_cert_lifetime,
+            max_clock_skew,
             gateway_allow_external: l.flag("gateway_allow_external", false)?,
             drain_timeout: l.duration("drain_timeout", Duration::from_secs(30))?,
             max_concurrent_streams,

@@ -11,6 +11,7 @@
 //! graceful shutdown: stop admitting, tell agents to go away, wait for open
 //! channels up to the drain timeout, end the sessions, stop the listeners.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod gateway;
@@ -183,7 +184,7 @@ async fn bootstrap_key(
             secret_hash: secrets::hash(secret.expose_secret()),
             created_ms: now_ms(),
             description: "bootstrap admin key".into(),
-            revoked_ms: 0,
+            ..ApiKeyRecord::default()
         })
         .await?;
     let path = data_dir.join("admin.key");

@@ -58,6 +58,7 @@ pub struct LiveSession {
     /// Ends the session's task (revocation, replacement, shutdown).
     pub cancel: CancellationToken,
     draining: AtomicBool,
+    skew_reported: AtomicBool,
     heartbeat: Mutex<Heartbeat>,
 }
 
@@ -86,6 +87,7 @@ impl LiveSession {
             hello,
             cancel,
             draining: AtomicBool::new(draining),
+            skew_reported: AtomicBool::new(false),
             heartbeat: Mutex::new(Heartbeat {
                 at: Instant::now(),
                 at_ms: connected_ms,
@@ -94,6 +96,12 @@ impl LiveSession {
                 sample: None,
             }),
         }
+    }
+
+    /// True the first time it is called for this session: a clock skew is
+    /// logged once per session, not at every heartbeat.
+    pub fn note_skew_reported(&self) -> bool {
+        !self.skew_reported.swap(true, Ordering::Relaxed)
     }
 
     pub fn is_draining(&self) -> bool {

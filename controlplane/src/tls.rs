@@ -31,7 +31,7 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{identity::Authority, metrics::Metrics};
 
@@ -200,13 +200,39 @@ async fn handshake(
             let _ = tx.send(Ok(tls)).await;
         }
         Ok(Err(e)) => {
-            metrics.tls_failure("handshake");
-            debug!(%peer, error = %e, "TLS handshake failed");
+            let reason = failure_reason(&e);
+            metrics.tls_failure(reason);
+            // Client-certificate problems are worth an operator's look (an
+            // agent with a wrong clock, a certificate from elsewhere); other
+            // failures are mostly scanners.
+            if reason.starts_with("client_certificate") {
+                info!(%peer, %reason, error = %e, "TLS handshake refused a client certificate");
+            } else {
+                debug!(%peer, error = %e, "TLS handshake failed");
+            }
         }
         Err(_) => {
             metrics.tls_failure("timeout");
             debug!(%peer, "TLS handshake timed out");
         }
+    }
+}
+
+/// A metric label for why a handshake failed.
+fn failure_reason(e: &io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            C::Expired | C::ExpiredContext { .. } => "client_certificate_expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "client_certificate_not_yet_valid",
+            C::UnknownIssuer | C::BadSignature => "client_certificate_unknown_ca",
+            C::Revoked => "client_certificate_revoked",
+            _ => "client_certificate_invalid",
+        },
+        _ => "handshake",
     }
 }
 

@@ -114,6 +114,27 @@ impl Logs {
         }
     }
 
+    /// Waits for a line (JSON or not) that contains `text` anywhere.
+    pub async fn wait_for_text(&self, text: &str) {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.raw.lock().unwrap().iter().any(|l| l.contains(text)) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(WAIT, wait).await.is_err() {
+            panic!(
+                "no log line with {text:?} within {WAIT:?}; log so far:\n{}",
+                self.text()
+            );
+        }
+    }
+
     /// Waits for the first line whose message is `msg`.
     pub async fn wait_for(&self, msg: &str) -> Value {
         self.wait_for_nth(msg, 1).await
@@ -206,6 +227,44 @@ impl ControlPlane {
     pub fn channel(&self) -> Channel {
         let config = tls::client_config(&Trust::ca_pem(&self.ca_pem()).unwrap(), None).unwrap();
         client::channel(&ControlPlaneAddr::parse(&self.endpoint()).unwrap(), config).unwrap()
+    }
+
+    /// Admin with any key.
+    pub fn admin_with(&self, key: &str) -> Admin {
+        AdminClient::with_interceptor(
+            self.channel(),
+            ApiKey::new(SecretString::from(key.to_owned())),
+        )
+    }
+
+    /// Credentials with any key.
+    pub fn credentials_with(&self, key: &str) -> Credentials {
+        Credentials {
+            trust: Trust::ca_pem(&self.ca_pem()).unwrap(),
+            api_key: ApiKey::new(SecretString::from(key.to_owned())),
+        }
+    }
+
+    /// Creates a key with the bootstrap admin key; returns the key text.
+    pub async fn key(
+        &self,
+        role: tether::proto::Role,
+        org: &str,
+        connections: &[&str],
+        pools: &[&str],
+    ) -> String {
+        self.admin()
+            .create_api_key(tether::proto::CreateApiKeyRequest {
+                role: role as i32,
+                org_id: org.into(),
+                connections: connections.iter().map(|s| (*s).to_owned()).collect(),
+                pools: pools.iter().map(|s| (*s).to_owned()).collect(),
+                description: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .api_key
     }
 
     pub fn admin(&self) -> Admin {

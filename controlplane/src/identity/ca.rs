@@ -253,6 +253,33 @@ impl Authority {
     }
 }
 
+/// The SubjectPublicKeyInfo (DER) a CSR carries, after checking its
+/// signature.
+pub fn csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, CsrError> {
+    if csr_der.len() > MAX_CSR_BYTES {
+        return Err(CsrError::TooLarge(csr_der.len()));
+    }
+    let csr =
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(|e| CsrError::Invalid(e.to_string()))?;
+    Ok(rcgen::PublicKeyData::subject_public_key_info(
+        &csr.public_key,
+    ))
+}
+
+/// The agent id (common name) and public key of a client certificate.
+pub fn agent_of_certificate(der: &[u8]) -> Option<(String, Vec<u8>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some((cn, cert.tbs_certificate.subject_pki.raw.to_vec()))
+}
+
 /// Unix milliseconds of a time (0 before 1970).
 pub fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)

@@ -16,9 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::{
-    auth::authenticate,
+    auth::{Need, authorize},
     router::{self, RouteError},
-    services::admin::{check_pool, check_target},
+    services::admin::validate::{check_pool, check_target},
     splice,
     state::{Shared, store_status},
 };
@@ -61,7 +61,7 @@ impl Dial for DialService {
         &self,
         req: Request<Streaming<DialFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        let who = authenticate(self.state.store.as_ref(), &req).await?;
+        let who = authorize(&self.state, &req, Need::Dial, "Dial").await?;
         let state = &self.state;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(OPEN_FRAME_TIMEOUT, inbound.message())
@@ -75,6 +75,7 @@ impl Dial for DialService {
                 "the first frame of Dial.Open must be `open`",
             ));
         };
+        who.may_dial(&open.connection, &open.pool)?;
         let (pool, host, port, connection) = if open.connection.is_empty() {
             check_pool(&open.pool)?;
             let port = check_target(&open.target_host, open.target_port)?;

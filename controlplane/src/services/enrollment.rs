@@ -13,8 +13,9 @@ use tether::{
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use super::agent_auth;
 use crate::{
-    identity::{CsrError, secrets},
+    identity::{CsrError, ca, secrets},
     state::{Shared, now_ms, store_status},
     store::AgentRecord,
 };
@@ -129,12 +130,39 @@ impl Enrollment for EnrollmentService {
         }))
     }
 
-    async fn renew(&self, _req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
-        // Renewal over the live session belongs to the identity work
-        // (issue 5). Until then an agent re-enrolls with a new join token.
-        Err(Status::unimplemented(
-            "certificate renewal is not available in this version; re-enroll the agent with a new join token before \
-             its certificate expires (tetherctl agents get <id> shows the expiry)",
-        ))
+    /// A fresh certificate for a new key, over the agent's mTLS connection.
+    /// The old certificate stays valid until it expires: channels on the
+    /// live session keep running, and the next session uses the new one.
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let state = &self.state;
+        let (record, current_key) = agent_auth::caller(state, &req, "Enrollment.Renew").await?;
+        let csr = req.into_inner().csr_der;
+        let new_key =
+            ca::csr_public_key(&csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if new_key == current_key {
+            return Err(Status::invalid_argument(
+                "the CSR carries the key of the current certificate; generate a new key for every renewal",
+            ));
+        }
+        let cert = state
+            .authority
+            .sign_agent(&csr, &record.agent_id, &record.org_id, state.config.agent_cert_lifetime)
+            .map_err(|e| match e {
+                CsrError::Sign(e) => {
+                    tracing::error!(error = %e, "signing an agent certificate failed");
+                    Status::internal("signing the certificate failed inside the control plane; its log has the detail")
+                }
+                other => Status::invalid_argument(other.to_string()),
+            })?;
+        state
+            .store
+            .renew_agent(&record.agent_id, &cert.serial, cert.not_after_ms)
+            .await
+            .map_err(|e| store_status("recording the renewed certificate", e))?;
+        info!(agent_id = %record.agent_id, serial = %cert.serial, not_after_ms = cert.not_after_ms, "agent certificate renewed");
+        Ok(Response::new(RenewResponse {
+            certificate_chain_pem: cert.pem,
+            not_after_unix_ms: cert.not_after_ms,
+        }))
     }
 }

@@ -20,8 +20,8 @@ use tether_tunnel::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
-use x509_parser::prelude::*;
 
+use super::agent_auth;
 use crate::{
     identity::secrets,
     registry::{self, HelloInfo, LiveSession},
@@ -49,27 +49,6 @@ impl TunnelService {
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<ServerFrame, Status>> + Send>>;
-
-/// The agent id named by a client certificate (its common name).
-fn agent_from_certificate(req: &Request<Streaming<AgentFrame>>) -> Result<String, Status> {
-    let certs = req.peer_certs().ok_or_else(|| {
-        Status::unauthenticated(
-            "Tunnel.Attach needs the agent's client certificate; enroll first (tether-agent does this with a join token)",
-        )
-    })?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("the client certificate chain is empty"))?;
-    let (_, cert) = parse_x509_certificate(leaf)
-        .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .ok_or_else(|| Status::unauthenticated("the client certificate names no agent"))?;
-    Ok(cn.to_owned())
-}
 
 fn check_hello(hello: &Hello, agent_id: &str) -> Result<(), Status> {
     if hello.protocol_version != ProtocolVersion::ProtocolVersion1 as i32 {
@@ -110,21 +89,8 @@ impl Tunnel for TunnelService {
             ));
         }
         let peer = req.remote_addr();
-        let agent_id = agent_from_certificate(&req)?;
-        let record = state
-            .store
-            .get_agent(&agent_id)
-            .await
-            .map_err(|e| store_status("looking up the agent", e))?
-            .ok_or_else(|| {
-                warn!(%agent_id, ?peer, "attach refused: the certificate's agent is not enrolled here");
-                Status::unauthenticated("this agent is not enrolled at this control plane; re-enroll with a new join token")
-            })?;
-        if record.revoked_ms != 0 {
-            return Err(Status::unauthenticated(
-                "revoked: re-enroll with a new token",
-            ));
-        }
+        let (record, _) = agent_auth::caller(state, &req, "Tunnel.Attach").await?;
+        let agent_id = record.agent_id.clone();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -296,6 +262,21 @@ async fn handle_heartbeat(state: &Shared, live: &LiveSession, hb: Heartbeat) {
     } else {
         0
     };
+    let limit = i64::try_from(state.config.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+    if clock_skew_ms.abs() > limit && live.note_skew_reported() {
+        let direction = if clock_skew_ms > 0 {
+            "ahead of"
+        } else {
+            "behind"
+        };
+        warn!(
+            clock_skew_ms,
+            "the agent's clock is {:.1} s {direction} the control plane's (more than the allowed {:?}); \
+             fix the agent host's clock (NTP, e.g. `timedatectl set-ntp true`): certificates and leases depend on it",
+            clock_skew_ms.unsigned_abs() as f64 / 1000.0,
+            state.config.max_clock_skew
+        );
+    }
     let ack = HeartbeatAck {
         sequence: hb.sequence,
         agent_time_unix_ms: hb.agent_time_unix_ms,

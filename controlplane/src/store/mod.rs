@@ -82,15 +82,35 @@ pub struct ConnectionRecord {
 }
 
 /// An API key (the secret only as its hash).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiKeyRecord {
     pub key_id: String,
     pub org_id: String,
+    /// "admin", "operator", "viewer" or "dialer".
     pub role: String,
     pub secret_hash: Vec<u8>,
     pub created_ms: i64,
     pub description: String,
     pub revoked_ms: i64,
+    /// Connections a dialer key may dial.
+    pub connections: Vec<String>,
+    /// Pools a dialer key may dial any target of.
+    pub pools: Vec<String>,
+    pub last_used_ms: i64,
+}
+
+/// One admin action, as the audit log keeps it. Never holds a secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub org_id: String,
+    pub time_ms: i64,
+    pub key_id: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub peer: String,
+    pub result: String,
+    pub detail: String,
 }
 
 /// A store failure. The detail goes to the log; callers show an opaque
@@ -191,4 +211,40 @@ pub trait Store: Send + Sync + 'static {
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// How many API keys exist (the bootstrap key is made when none does).
     async fn count_api_keys(&self) -> Result<u64, StoreError>;
+    /// Keys of an org, newest first.
+    async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Marks a key revoked; `None` if the org has no such key.
+    async fn revoke_api_key(
+        &self,
+        org_id: &str,
+        key_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Records that a key was used.
+    async fn touch_api_key(&self, key_id: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    /// Marks an agent revoked; `None` if the org has no such agent.
+    async fn revoke_agent(
+        &self,
+        org_id: &str,
+        agent_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<AgentRecord>, StoreError>;
+    /// Records a renewed certificate.
+    async fn renew_agent(
+        &self,
+        agent_id: &str,
+        cert_serial: &str,
+        cert_not_after_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Appends to the audit log.
+    async fn insert_audit(&self, event: &AuditRecord) -> Result<(), StoreError>;
+    /// An org's audit log before `before_ms`, newest first.
+    async fn list_audit(
+        &self,
+        org_id: &str,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 }

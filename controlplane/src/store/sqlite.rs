@@ -15,7 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    AgentRecord, ApiKeyRecord, ConnectionRecord, HelloRecord, Store, StoreError, TokenRecord,
+    AgentRecord, ApiKeyRecord, AuditRecord, ConnectionRecord, HelloRecord, Store, StoreError,
+    TokenRecord,
 };
 
 /// Connections in the pool; SQLite serialises writes anyway.
@@ -140,6 +141,23 @@ fn api_key(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
         created_ms: row.try_get("created_ms")?,
         description: row.try_get("description")?,
         revoked_ms: row.try_get("revoked_ms")?,
+        connections: json_list(row, "connections_json")?,
+        pools: json_list(row, "pools_json")?,
+        last_used_ms: row.try_get("last_used_ms")?,
+    })
+}
+
+fn audit(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
+        org_id: row.try_get("org_id")?,
+        time_ms: row.try_get("time_ms")?,
+        key_id: row.try_get("key_id")?,
+        role: row.try_get("role")?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        peer: row.try_get("peer")?,
+        result: row.try_get("result")?,
+        detail: row.try_get("detail")?,
     })
 }
 
@@ -380,8 +398,8 @@ impl Store for SqliteStore {
 
     async fn insert_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_keys (key_id, org_id, role, secret_hash, created_ms, description, revoked_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (key_id, org_id, role, secret_hash, created_ms, description, revoked_ms, \
+             connections_json, pools_json, last_used_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&k.key_id)
         .bind(&k.org_id)
@@ -390,6 +408,9 @@ impl Store for SqliteStore {
         .bind(k.created_ms)
         .bind(&k.description)
         .bind(k.revoked_ms)
+        .bind(to_json(&k.connections))
+        .bind(to_json(&k.pools))
+        .bind(k.last_used_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -409,6 +430,115 @@ impl Store for SqliteStore {
             .await?;
         let n: i64 = row.try_get("n")?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM api_keys WHERE org_id = ? ORDER BY created_ms DESC, key_id")
+                .bind(org_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(api_key).collect()
+    }
+
+    async fn revoke_api_key(
+        &self,
+        org_id: &str,
+        key_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        sqlx::query(
+            "UPDATE api_keys SET revoked_ms = ? WHERE org_id = ? AND key_id = ? AND revoked_ms = 0",
+        )
+        .bind(now_ms)
+        .bind(org_id)
+        .bind(key_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .get_api_key(key_id)
+            .await?
+            .filter(|k| k.org_id == org_id))
+    }
+
+    async fn touch_api_key(&self, key_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET last_used_ms = ? WHERE key_id = ?")
+            .bind(now_ms)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_agent(
+        &self,
+        org_id: &str,
+        agent_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        sqlx::query(
+            "UPDATE agents SET revoked_ms = ? WHERE org_id = ? AND agent_id = ? AND revoked_ms = 0",
+        )
+        .bind(now_ms)
+        .bind(org_id)
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .get_agent(agent_id)
+            .await?
+            .filter(|a| a.org_id == org_id))
+    }
+
+    async fn renew_agent(
+        &self,
+        agent_id: &str,
+        cert_serial: &str,
+        cert_not_after_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET cert_serial = ?, cert_not_after_ms = ? WHERE agent_id = ?")
+            .bind(cert_serial)
+            .bind(cert_not_after_ms)
+            .bind(agent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_audit(&self, e: &AuditRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (org_id, time_ms, key_id, role, action, target, peer, result, detail) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&e.org_id)
+        .bind(e.time_ms)
+        .bind(&e.key_id)
+        .bind(&e.role)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.peer)
+        .bind(&e.result)
+        .bind(&e.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        org_id: &str,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_events WHERE org_id = ? AND time_ms < ? ORDER BY time_ms DESC, id DESC LIMIT ?",
+        )
+        .bind(org_id)
+        .bind(before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit).collect()
     }
 }
 

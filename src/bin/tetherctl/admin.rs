@@ -7,7 +7,7 @@ use clap::Subcommand;
 use tether::proto::{
     AgentState, CreateConnectionRequest, CreateEnrollmentTokenRequest, DeleteConnectionRequest,
     GetAgentRequest, GetServerInfoRequest, ListAgentsRequest, ListConnectionsRequest,
-    ListEnrollmentTokensRequest, RevokeEnrollmentTokenRequest,
+    ListEnrollmentTokensRequest, RevokeAgentRequest, RevokeEnrollmentTokenRequest,
 };
 
 use crate::{
@@ -63,6 +63,15 @@ pub(crate) enum AgentsCommand {
     Get {
         /// The agent id.
         agent_id: String,
+    },
+    /// Revoke an agent: its session is cut at once and it can neither
+    /// reattach nor renew; it must re-enroll with a new token.
+    Revoke {
+        /// The agent id.
+        agent_id: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -245,39 +254,50 @@ pub(crate) async fn agents(
                 .await
                 .map_err(|s| status("getting the agent", s))?
                 .into_inner();
-            let mut labels: Vec<String> =
-                a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            labels.sort();
-            output::fields(
-                format,
-                &[
-                    ("agent", a.agent_id),
-                    ("org", a.org_id),
-                    ("pool", a.pool),
-                    ("state", state_name(a.state)),
-                    ("version", a.version),
-                    ("host", a.hostname),
-                    ("peer address", a.peer_address),
-                    ("labels", labels.join(",")),
-                    ("capabilities", a.capabilities.join(",")),
-                    ("credential names", a.credential_names.join(",")),
-                    ("enrolled", output::time(a.enrolled_unix_ms)),
-                    ("connected", output::time(a.connected_unix_ms)),
-                    ("last heartbeat", output::time(a.last_heartbeat_unix_ms)),
-                    ("rtt", format!("{:.1}ms", a.rtt_us as f64 / 1000.0)),
-                    ("clock skew", format!("{}ms", a.clock_skew_ms)),
-                    (
-                        "certificate expires",
-                        output::time(a.certificate_not_after_unix_ms),
-                    ),
-                    ("open channels", a.open_channels.to_string()),
-                    ("session", a.session_id),
-                    ("config hash", a.config_hash),
-                ],
-            );
+            show_agent(format, a);
+        }
+        AgentsCommand::Revoke { agent_id, reason } => {
+            let a = admin
+                .revoke_agent(RevokeAgentRequest { agent_id, reason })
+                .await
+                .map_err(|s| status("revoking the agent", s))?
+                .into_inner();
+            show_agent(format, a);
         }
     }
     Ok(())
+}
+
+fn show_agent(format: Format, a: tether::proto::Agent) {
+    let mut labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    output::fields(
+        format,
+        &[
+            ("agent", a.agent_id),
+            ("org", a.org_id),
+            ("pool", a.pool),
+            ("state", state_name(a.state)),
+            ("version", a.version),
+            ("host", a.hostname),
+            ("peer address", a.peer_address),
+            ("labels", labels.join(",")),
+            ("capabilities", a.capabilities.join(",")),
+            ("credential names", a.credential_names.join(",")),
+            ("enrolled", output::time(a.enrolled_unix_ms)),
+            ("connected", output::time(a.connected_unix_ms)),
+            ("last heartbeat", output::time(a.last_heartbeat_unix_ms)),
+            ("rtt", format!("{:.1}ms", a.rtt_us as f64 / 1000.0)),
+            ("clock skew", format!("{}ms", a.clock_skew_ms)),
+            (
+                "certificate expires",
+                output::time(a.certificate_not_after_unix_ms),
+            ),
+            ("open channels", a.open_channels.to_string()),
+            ("session", a.session_id),
+            ("config hash", a.config_hash),
+        ],
+    );
 }
 
 pub(crate) async fn connections(

@@ -7,6 +7,7 @@
 mod admin;
 mod connect;
 mod dial;
+mod keys;
 mod output;
 mod quickstart;
 
@@ -41,6 +42,15 @@ enum Command {
     /// Connections: named routes (pool + target), optionally with a gateway port.
     #[command(subcommand)]
     Connections(admin::ConnectionsCommand),
+    /// API keys and their roles (admin).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// The audit log: who did what, when, from where (admin).
+    Audit {
+        /// How many events, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Facts about the control plane (version, CA pin, store).
     Info,
     /// Open a stream through an agent and copy it to stdin/stdout (like nc;
@@ -58,6 +68,8 @@ async fn main() -> ExitCode {
         Command::Tokens(c) => admin::tokens(&cli.connect, cli.output, c).await,
         Command::Agents(c) => admin::agents(&cli.connect, cli.output, c).await,
         Command::Connections(c) => admin::connections(&cli.connect, cli.output, c).await,
+        Command::Keys(c) => keys::keys(&cli.connect, cli.output, c).await,
+        Command::Audit { limit } => keys::audit(&cli.connect, cli.output, limit).await,
         Command::Info => admin::info(&cli.connect, cli.output).await,
         Command::Dial(args) => dial::run(&cli.connect, args).await,
         Command::Quickstart(args) => quickstart::run(args).await,
