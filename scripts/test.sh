@@ -20,6 +20,9 @@ fi
 step "checking local services (scripts/check-services.sh)"
 scripts/check-services.sh
 
+step "deployment: helm, kubernetes-validate, yamllint, hadolint, systemd-analyze (scripts/validate-deploy.sh)"
+scripts/validate-deploy.sh
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
