@@ -205,12 +205,16 @@ async fn certificates_renew_over_the_live_session_and_old_ones_expire() {
     // (TLS 1.3 checks a client certificate after the client's side of the
     // handshake, so the client sees the connection drop; the control plane
     // says why, in its log and its metrics.)
-    attach_with(&cp, &id, &old_cert, &old_key).await.unwrap_err();
+    attach_with(&cp, &id, &old_cert, &old_key)
+        .await
+        .unwrap_err();
     let expired = cp
         .metric("tether_tls_handshake_failures_total{reason=\"client_certificate_expired\"}")
         .await;
     assert_eq!(expired, 1.0);
-    cp.logs.wait_for_text("TLS handshake refused a client certificate").await;
+    cp.logs
+        .wait_for_text("TLS handshake refused a client certificate")
+        .await;
     // The agent, restarted, attaches with its current certificate.
     agent.kill9().await;
     let agent = Agent::start(&cp.endpoint(), &state, None, &[&allow]).await;
