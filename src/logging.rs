@@ -38,13 +38,22 @@ pub fn parse_filter(s: &str) -> Result<String, String> {
 
 /// Installs the global subscriber. Logs go to stdout.
 pub fn init(format: Format, filter: &str) {
+    init_with(format, filter, None::<tracing_subscriber::layer::Identity>);
+}
+
+/// [`init`] with one more layer that sees every event that passes the
+/// filter (the agent's ring buffer of recent lines).
+pub fn init_with<L>(format: Format, filter: &str, extra: Option<L>)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         Format::Json => true,
         Format::Text => false,
         Format::Auto => !std::io::stdout().is_terminal(),
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(extra).with(filter);
     if json {
         registry
             .with(

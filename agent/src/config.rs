@@ -122,26 +122,34 @@ impl Config {
             })?,
         };
         let state_dir = PathBuf::from(l.parse::<String>("state_dir", "tether-agent-state".into())?);
+        // Once enrolled, the token is not needed: a token file that is gone
+        // or stale (a Kubernetes Secret deleted after enrollment) must not
+        // stop the agent from starting.
+        let enrolled = state_dir.join("agent.json").exists();
         let join_token = match (env_token, l.text("join_token_file")?) {
-            (Some(token), _) => Some(parse_token(
-                &token,
-                Source::Env("TETHER_JOIN_TOKEN".into()),
-            )?),
-            (None, Some(file)) => {
-                let text = std::fs::read_to_string(&file.value).map_err(|e| {
-                    l.invalid(
+            (Some(token), _) => {
+                let parsed = parse_token(&token, Source::Env("TETHER_JOIN_TOKEN".into()));
+                if enrolled { parsed.ok() } else { Some(parsed?) }
+            }
+            (None, Some(file)) => match std::fs::read_to_string(&file.value) {
+                Err(_) if enrolled => None,
+                Err(e) => {
+                    return Err(l.invalid(
                         "join_token_file",
                         file.value.clone(),
                         file.source.clone(),
                         format!("cannot read it: {e}"),
-                    )
-                })?;
-                let origin = Source::Other(format!(
-                    "the join token file {} ({})",
-                    file.value, file.source
-                ));
-                Some(parse_token(&SecretString::from(text), origin)?)
-            }
+                    ));
+                }
+                Ok(text) => {
+                    let origin = Source::Other(format!(
+                        "the join token file {} ({})",
+                        file.value, file.source
+                    ));
+                    let parsed = parse_token(&SecretString::from(text), origin);
+                    if enrolled { parsed.ok() } else { Some(parsed?) }
+                }
+            },
             (None, None) => None,
         };
         let egress = match l.list("egress_allow")? {
@@ -309,5 +317,39 @@ mod tests {
                 "docs/configuration.md does not document `{id}`"
             );
         }
+    }
+
+    #[test]
+    fn an_enrolled_agent_starts_without_its_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(state.join("agent.json"), "{}").unwrap();
+        let missing = dir.path().join("gone");
+        let args = [
+            "--endpoint",
+            "cp",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--join-token-file",
+            missing.to_str().unwrap(),
+        ];
+        let c = config(&args, None, None).unwrap();
+        assert!(c.join_token.is_none());
+        // Not enrolled: the missing file is an error that names it.
+        let fresh = dir.path().join("fresh");
+        let args = [
+            "--endpoint",
+            "cp",
+            "--state-dir",
+            fresh.to_str().unwrap(),
+            "--join-token-file",
+            missing.to_str().unwrap(),
+        ];
+        let err = config(&args, None, None).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid join_token_file") && err.contains("cannot read it"),
+            "{err}"
+        );
     }
 }

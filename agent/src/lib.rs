@@ -11,6 +11,7 @@ pub mod channels;
 pub mod config;
 pub mod egress;
 pub mod identity;
+pub mod recent_logs;
 pub mod session;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
