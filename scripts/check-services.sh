@@ -14,7 +14,7 @@ missing() { printf 'MISSING %s: %s\n' "$1" "$2"; failed=1; }
 first() { local s=${1%%$'\n'*}; printf '%s' "${s:-no output}"; }
 
 # Clients on PATH.
-for c in psql mysql grpcurl; do
+for c in psql mysql grpcurl tinyproxy mitmdump; do
   if command -v "$c" >/dev/null; then ok "$c on PATH"
   else missing "$c on PATH" "run scripts/install-test-deps.sh as root"; fi
 done

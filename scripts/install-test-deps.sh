@@ -25,8 +25,12 @@ NPM_PKGS="@bufbuild/buf@1.75.0 @kubernetes-models/cert-manager@6.0.0
 # default-jre-headless runs single-file Java programs (the JDBC tests);
 # libpostgresql-jdbc-java is the real pgJDBC driver.
 # systemd carries systemd-analyze (the unit checks); a container image may lack it.
+# tinyproxy is the real HTTP CONNECT proxy the agent is tested through.
 APT_PKGS="postgresql-client mariadb-client default-jre-headless libpostgresql-jdbc-java
-  python3-venv ca-certificates nodejs npm systemd"
+  python3-venv ca-certificates nodejs npm systemd tinyproxy"
+# mitmproxy (a real TLS-intercepting proxy, for the pinning tests) in a venv
+# of its own: its pinned dependencies must not meet the other tools'.
+MITM_PKGS="mitmproxy==11.0.2"
 
 export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" != 0 ]; then
@@ -100,6 +104,19 @@ PY
   echo "$KUBE_LAYER" > "$VENV/.kube-stamp"
 fi
 
+# mitmproxy in its own venv.
+MITM_VENV=$PREFIX/mitm
+if [ ! -x "$MITM_VENV/bin/pip" ]; then
+  rm -rf "$MITM_VENV"; /usr/bin/python3 -m venv "$MITM_VENV"
+fi
+if [ "$(cat "$MITM_VENV/.pip-stamp" 2>/dev/null)" != "$MITM_PKGS" ]; then
+  echo "pip: installing $MITM_PKGS"
+  # shellcheck disable=SC2086
+  "$MITM_VENV/bin/pip" install -q --disable-pip-version-check $MITM_PKGS
+  echo "$MITM_PKGS" > "$MITM_VENV/.pip-stamp"
+fi
+ln -sf "$MITM_VENV/bin/mitmdump" "$BIN/mitmdump"
+
 # npm tools in their own prefix.
 NPMDIR=$PREFIX/npm
 if [ "$(cat "$NPMDIR/.npm-stamp" 2>/dev/null)" != "$NPM_PKGS" ]; then
@@ -130,5 +147,7 @@ show kubernetes-validate 'kubernetes-validate --version'
 show yamllint            'yamllint --version'
 show hadolint            'hadolint --version'
 show systemd-analyze     'systemd-analyze --version'
+show tinyproxy           'tinyproxy -v'
+show mitmdump            'mitmdump --version'
 show node                'node --version'
 show kubernetes-models   "ls -d $NPMDIR/node_modules/@kubernetes-models/cert-manager $NPMDIR/node_modules/@kubernetes-models/prometheus-operator | xargs -n1 basename | paste -sd' '"

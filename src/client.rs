@@ -214,7 +214,14 @@ pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
     if let Some(hint) = crate::tls::clock_hint(err) {
         return hint;
     }
-    let mut parts = vec![err.to_string()];
+    // A status's Display repeats its code and source; its message is what
+    // the other side (or the transport) said.
+    let head = err
+        .downcast_ref::<tonic::Status>()
+        .map(|s| s.message().to_owned())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| err.to_string());
+    let mut parts = vec![head];
     let mut cur = err.source();
     while let Some(e) = cur {
         let s = e.to_string();

@@ -112,10 +112,11 @@ impl Proxy {
         let status = read_response(&mut tcp).await?;
         match status {
             200..=299 => Ok(tcp),
-            407 => Err(io::Error::new(
+            // 407 is the standard answer; some proxies (tinyproxy) say 401.
+            401 | 407 => Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
-                    "the proxy {proxy_host}:{proxy_port} requires authentication (407); \
+                    "the proxy {proxy_host}:{proxy_port} requires authentication (HTTP {status}); \
                      put the credentials in the URL: HTTPS_PROXY=http://user:password@{proxy_host}:{proxy_port}"
                 ),
             )),

@@ -228,7 +228,8 @@ pub fn client_config(trust: &Trust, identity: Option<Identity>) -> Result<Client
 #[error(
     "the control plane's certificate chain does not contain the CA pinned in the join token ({expected}); \
      either the address is not this control plane, or a proxy inspects TLS and re-signs the traffic: \
-     exempt the control plane's host from TLS inspection, or trust the inspection CA with --ca-file and pin it"
+     exempt the control plane's host from TLS inspection, or trust the inspection CA with --ca-file and turn \
+     pinning off (--pin-ca false)"
 )]
 pub struct PinMismatch {
     /// The pin that was expected.
@@ -301,11 +302,37 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// An error and its causes, looking inside `io::Error`s too (their
+/// `source()` skips the error they wrap, which is where rustls' reasons
+/// sit).
+fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    let mut stack = vec![err];
+    // Bounded: error chains are short; this stops a cyclic one.
+    let mut left = 64;
+    std::iter::from_fn(move || {
+        let e = stack.pop()?;
+        left -= 1;
+        if left > 0 {
+            if let Some(next) = e.source() {
+                stack.push(next);
+            }
+            if let Some(inner) = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                stack.push(inner);
+            }
+        }
+        Some(e)
+    })
+}
+
 /// A certificate that is not valid at this host's time usually means a
 /// wrong clock: says so, with the fix, instead of an opaque TLS failure.
 pub fn clock_hint(err: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
+    for e in chain(err) {
         if let Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired)) =
             e.downcast_ref::<rustls::Error>()
         {
@@ -328,7 +355,6 @@ pub fn clock_hint(err: &(dyn std::error::Error + 'static)) -> Option<String> {
                  (NTP, e.g. `timedatectl set-ntp true`), or renew the certificate if the clock is right"
             ));
         }
-        cur = e.source();
     }
     None
 }
@@ -337,8 +363,7 @@ pub fn clock_hint(err: &(dyn std::error::Error + 'static)) -> Option<String> {
 pub fn find_pin_mismatch<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a PinMismatch> {
-    let mut cur = Some(err);
-    while let Some(e) = cur {
+    for e in chain(err) {
         if let Some(m) = e.downcast_ref::<PinMismatch>() {
             return Some(m);
         }
@@ -348,7 +373,6 @@ pub fn find_pin_mismatch<'a>(
         {
             return Some(m);
         }
-        cur = e.source();
     }
     None
 }

@@ -61,7 +61,7 @@ pub struct Logs {
 }
 
 impl Logs {
-    fn push(&self, line: String) {
+    pub fn push_line(&self, line: String) {
         if let Ok(v) = serde_json::from_str::<Value>(&line) {
             self.lines.lock().unwrap().push(v);
         }
@@ -158,7 +158,7 @@ fn spawn(mut cmd: Command) -> (Child, Logs) {
         tokio::spawn(async move {
             let mut lines = BufReader::new(reader).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                logs.push(line);
+                logs.push_line(line);
             }
         });
     }
@@ -371,7 +371,23 @@ impl Agent {
     /// Starts an agent for `endpoint`, enrolling with `token` if given,
     /// allowed to reach `allow`. Does not wait for anything.
     pub fn spawn(endpoint: &str, state_dir: &Path, token: Option<&str>, allow: &[&str]) -> Self {
+        Self::spawn_with(endpoint, state_dir, token, allow, &[], &[])
+    }
+
+    /// [`Agent::spawn`] with extra flags and environment variables.
+    pub fn spawn_with(
+        endpoint: &str,
+        state_dir: &Path,
+        token: Option<&str>,
+        allow: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(binary("tether-agent"));
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.args(["--endpoint", endpoint, "--log-format", "json"])
             .arg("--state-dir")
             .arg(state_dir);
