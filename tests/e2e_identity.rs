@@ -297,3 +297,80 @@ async fn foreign_expired_future_and_unknown_certificates_are_refused_clearly() {
     // The real agent's channel went on through all of it.
     echo_through(&mut bystander, b"untouched").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_is_reported_with_the_offset_and_the_fix() {
+    use tether::proto::{Heartbeat, agent_frame};
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let raw = cp.raw_session("p").await;
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    // An agent whose clock runs five minutes ahead.
+    raw.tx
+        .send(AgentFrame {
+            kind: Some(agent_frame::Kind::Heartbeat(Heartbeat {
+                sequence: 1,
+                agent_time_unix_ms: now_ms + 300_000,
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+    cp.logs
+        .wait_for_text("fix the agent host's clock (NTP")
+        .await;
+    assert!(cp.logs.text().contains("s ahead of the control plane"));
+    let seen = cp
+        .admin()
+        .get_agent(GetAgentRequest {
+            agent_id: raw.agent_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        (seen.clock_skew_ms - 300_000).abs() < 10_000,
+        "measured {} ms",
+        seen.clock_skew_ms
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_are_never_resumed() {
+    // A resumed session would skip the client-certificate check that
+    // revocation relies on: every handshake must be a full one.
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let config = std::sync::Arc::new(
+        tls::client_config(&Trust::ca_pem(&cp.ca_pem()).unwrap(), None).unwrap(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(config);
+    for attempt in 0..3 {
+        let tcp = TcpStream::connect(cp.grpc).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        // Speak HTTP/2 until the server answers: any session ticket it sent
+        // comes before its first bytes, so the client has seen it.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        let mut first = [0u8; 9];
+        tokio::time::timeout(support::WAIT, tls.read_exact(&mut first))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first[3], 4, "the server's first frame is its SETTINGS");
+        let kind = tls.get_ref().1.handshake_kind();
+        assert_eq!(
+            kind,
+            Some(rustls::HandshakeKind::Full),
+            "handshake {attempt} was {kind:?}"
+        );
+    }
+}
