@@ -26,8 +26,9 @@ NPM_PKGS="@bufbuild/buf@1.75.0 @kubernetes-models/cert-manager@6.0.0
 # libpostgresql-jdbc-java is the real pgJDBC driver.
 # systemd carries systemd-analyze (the unit checks); a container image may lack it.
 # tinyproxy is the real HTTP CONNECT proxy the agent is tested through.
+# prometheus carries promtool, which checks the /metrics output.
 APT_PKGS="postgresql-client mariadb-client default-jre-headless libpostgresql-jdbc-java
-  python3-venv ca-certificates nodejs npm systemd tinyproxy"
+  python3-venv ca-certificates nodejs npm systemd tinyproxy prometheus"
 # mitmproxy (a real TLS-intercepting proxy, for the pinning tests) in a venv
 # of its own: its pinned dependencies must not meet the other tools'.
 MITM_PKGS="mitmproxy==11.0.2"
@@ -148,6 +149,7 @@ show yamllint            'yamllint --version'
 show hadolint            'hadolint --version'
 show systemd-analyze     'systemd-analyze --version'
 show tinyproxy           'tinyproxy -v'
+show promtool            'promtool --version 2>&1 | head -1'
 show mitmdump            'mitmdump --version'
 show node                'node --version'
 show kubernetes-models   "ls -d $NPMDIR/node_modules/@kubernetes-models/cert-manager $NPMDIR/node_modules/@kubernetes-models/prometheus-operator | xargs -n1 basename | paste -sd' '"

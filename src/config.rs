@@ -336,6 +336,48 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
+/// A size for people: "1.5 GiB", "300.0 MiB", "17 B".
+pub fn format_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Parses a size in bytes: `1048576`, `512KiB`, `256MiB`, `2GiB`, `1TiB`
+/// (or the decimal `kB`, `MB`, `GB`, `TB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let err = || {
+        format!(
+            "{s:?} is not a size; write a number with an optional unit (KiB, MiB, GiB, TiB, kB, MB, GB, TB), e.g. 512MiB"
+        )
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| err())?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        _ => return Err(err()),
+    };
+    n.checked_mul(factor).ok_or_else(err)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{Arg, ArgAction};
@@ -440,5 +482,21 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert!(
+            parse_size("12 parsecs")
+                .unwrap_err()
+                .contains("e.g. 512MiB")
+        );
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        assert_eq!(format_size(17), "17 B");
+        assert_eq!(format_size(300 << 20), "300.0 MiB");
     }
 }

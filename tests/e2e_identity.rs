@@ -326,6 +326,20 @@ async fn clock_skew_is_reported_with_the_offset_and_the_fix() {
         .wait_for_text("fix the agent host's clock (NTP")
         .await;
     assert!(cp.logs.text().contains("s ahead of the control plane"));
+    // Also an event, marked as an alert (the webhook would get it).
+    let events = cp
+        .admin()
+        .list_events(tether::proto::ListEventsRequest {
+            after_id: 0,
+            limit: 100,
+            agent_id: raw.agent_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let skew = events.iter().find(|e| e.kind == "clock_skew").unwrap();
+    assert!(skew.alert && skew.detail.contains("NTP"), "{skew:?}");
     let seen = cp
         .admin()
         .get_agent(GetAgentRequest {

@@ -7,37 +7,11 @@ mod support;
 
 use std::process::Stdio;
 
-use support::{Agent, ControlPlane, WAIT};
+use support::{Agent, ControlPlane, WAIT, ctl};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     process::Command,
 };
-
-/// Runs tetherctl against `cp`; returns (success, stdout, stderr).
-async fn ctl(cp: &ControlPlane, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tetherctl"))
-        .args(["--endpoint", &cp.endpoint(), "--data-dir"])
-        .arg(&cp.data_dir)
-        .args(args)
-        .env_remove("TETHER_API_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).await.unwrap();
-    drop(input);
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_agents_connections_and_dial() {

@@ -11,13 +11,18 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use secrecy::SecretString;
 use tether::{
     client::ControlPlaneAddr,
-    config::{ConfigError, Layers, Source},
+    config::{ConfigError, Layers, Source, parse_size},
     join::JoinToken,
     logging,
     tls::Pin,
 };
 
-use crate::{egress::Policy, identity::TrustSettings};
+use crate::{
+    egress::Policy,
+    health::Thresholds,
+    identity::TrustSettings,
+    recent_logs::{REDACTED, Redactor},
+};
 
 /// Every setting, as clap sees it (field names are the YAML keys).
 #[derive(Debug, Parser)]
@@ -65,6 +70,18 @@ pub struct Args {
     /// Labels, key=value (repeatable or comma-separated).
     #[arg(long = "label", env = "TETHER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Free space the workspace (state_dir) must keep; below it the agent
+    /// takes no new channels or jobs and reports disk_low [default: 256MiB].
+    #[arg(long, env = "TETHER_MIN_DISK_FREE")]
+    pub min_disk_free: Option<String>,
+    /// Free inodes the workspace must keep; below it the agent takes no new
+    /// work and reports inodes_low [default: 1000].
+    #[arg(long, env = "TETHER_MIN_INODES_FREE")]
+    pub min_inodes_free: Option<String>,
+    /// Exit for a restart (code 75) when the session loop makes no progress
+    /// for this long; 0s turns the watchdog off [default: 2m].
+    #[arg(long, env = "TETHER_STUCK_SESSION_TIMEOUT")]
+    pub stuck_session_timeout: Option<String>,
     /// auto, text or json [default: auto: text on a terminal].
     #[arg(long, env = "TETHER_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -94,6 +111,10 @@ pub struct Config {
     pub log_format: logging::Format,
     /// Log filter.
     pub log_level: String,
+    /// Workspace limits below which the agent refuses work.
+    pub thresholds: Thresholds,
+    /// Watchdog limit (zero: off).
+    pub stuck_session_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -196,6 +217,11 @@ impl Config {
                 labels.insert(k.to_owned(), val.to_owned());
             }
         }
+        let defaults = Thresholds::default();
+        let thresholds = Thresholds {
+            min_disk_free: l.parse_with("min_disk_free", defaults.min_disk_free, parse_size)?,
+            min_inodes_free: l.parse("min_inodes_free", defaults.min_inodes_free)?,
+        };
         Ok(Self {
             endpoint,
             state_dir,
@@ -206,7 +232,70 @@ impl Config {
             labels,
             log_format: l.parse("log_format", logging::Format::Auto)?,
             log_level: l.parse_with("log_level", "info".to_owned(), logging::parse_filter)?,
+            thresholds,
+            stuck_session_timeout: l
+                .duration("stuck_session_timeout", std::time::Duration::from_secs(120))?,
         })
+    }
+
+    /// The effective settings as YAML, secrets redacted: what the `config`
+    /// command returns and what the configuration hash covers. Includes
+    /// the proxy from the environment, which changes how the agent dials.
+    pub fn effective_yaml(&self) -> String {
+        use serde_yaml_ng::Value;
+        let text = |s: String| Value::String(s);
+        let mut m = BTreeMap::<&str, Value>::new();
+        m.insert("endpoint", text(self.endpoint.to_string()));
+        m.insert("state_dir", text(self.state_dir.display().to_string()));
+        m.insert(
+            "egress_allow",
+            Value::Sequence(self.egress.describe().into_iter().map(text).collect()),
+        );
+        if self.join_token.is_some() {
+            m.insert("join_token", text(REDACTED.into()));
+        }
+        if let Some(f) = &self.trust.ca_file {
+            m.insert("ca_file", text(f.display().to_string()));
+        }
+        m.insert("pin_ca", Value::Bool(self.trust.pin));
+        if let Some(p) = &self.trust.ca_pin {
+            m.insert("ca_pin", text(p.to_string()));
+        }
+        m.insert("max_clock_skew", text(format!("{:?}", self.max_clock_skew)));
+        m.insert(
+            "labels",
+            Value::Mapping(
+                self.labels
+                    .iter()
+                    .map(|(k, v)| (text(k.clone()), text(v.clone())))
+                    .collect(),
+            ),
+        );
+        m.insert("log_level", text(self.log_level.clone()));
+        m.insert(
+            "min_disk_free",
+            Value::Number(self.thresholds.min_disk_free.into()),
+        );
+        m.insert(
+            "min_inodes_free",
+            Value::Number(self.thresholds.min_inodes_free.into()),
+        );
+        m.insert(
+            "stuck_session_timeout",
+            text(format!("{:?}", self.stuck_session_timeout)),
+        );
+        let redactor = Redactor::default();
+        for var in ["HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"] {
+            if let Ok(v) = std::env::var(var) {
+                m.entry(if var.eq_ignore_ascii_case("no_proxy") {
+                    "no_proxy"
+                } else {
+                    "https_proxy"
+                })
+                .or_insert_with(|| text(redactor.redact(&v)));
+            }
+        }
+        serde_yaml_ng::to_string(&m).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 

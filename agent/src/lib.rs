@@ -8,11 +8,16 @@
 
 pub mod backoff;
 pub mod channels;
+pub mod commands;
 pub mod config;
 pub mod egress;
+pub mod health;
 pub mod identity;
+pub mod probe;
 pub mod recent_logs;
 pub mod session;
+pub mod shared;
+pub mod watchdog;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -41,8 +46,25 @@ pub struct Context {
     pub policy: Arc<Policy>,
     pub labels: BTreeMap<String, String>,
     pub hostname: String,
-    /// SHA-256 (hex) of the effective configuration, secrets left out.
+    /// The effective configuration as YAML, secrets redacted.
+    pub effective_yaml: String,
+    /// SHA-256 (hex) of `effective_yaml`.
     pub config_hash: String,
+    /// Workspace limits below which the agent refuses work.
+    pub thresholds: health::Thresholds,
+    /// What commands change and every session reads.
+    pub shared: Arc<shared::Shared>,
+    /// Restarts the agent when a session loop stops making progress.
+    pub watchdog: Option<watchdog::Watchdog>,
+}
+
+/// How the agent stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop (a signal).
+    Cancelled,
+    /// Asked to restart: exit with [`shared::RESTART_EXIT_CODE`].
+    Restart,
 }
 
 /// Why the agent stopped for good.
@@ -59,19 +81,25 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn config_hash(config: &Config) -> String {
-    let text = format!(
-        "endpoint={}\negress={:?}\nlabels={:?}\n",
-        config.endpoint,
-        config.egress.describe(),
-        config.labels
-    );
-    hex::encode(digest::digest(&digest::SHA256, text.as_bytes()))
-}
-
-/// Runs the agent until `cancel` fires.
-pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
-    let ctx = Context {
+/// Runs the agent until `cancel` fires or a restart is asked for.
+/// `shared` carries the recent-log buffer the process's logging fills.
+pub async fn run(
+    config: Config,
+    shared: Arc<shared::Shared>,
+    cancel: CancellationToken,
+) -> Result<Stopped, AgentError> {
+    let effective_yaml = config.effective_yaml();
+    let restart = shared.restart.clone();
+    let watchdog = watchdog::Watchdog::start(config.stuck_session_timeout, |silent| {
+        // The runtime may be the stuck part: log from this thread and exit.
+        error!(stuck_for = ?silent, "the session loop made no progress; exiting for a restart");
+        eprintln!(
+            "tether-agent: the session loop made no progress for {silent:?}; exiting with code {} for a restart",
+            shared::RESTART_EXIT_CODE
+        );
+        std::process::exit(i32::from(shared::RESTART_EXIT_CODE));
+    });
+    let ctx = Arc::new(Context {
         endpoint: config.endpoint.clone(),
         state_dir: config.state_dir.clone(),
         trust: config.trust.clone(),
@@ -79,8 +107,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         policy: Arc::new(config.egress.clone()),
         labels: config.labels.clone(),
         hostname: hostname(),
-        config_hash: config_hash(&config),
-    };
+        config_hash: hex::encode(digest::digest(&digest::SHA256, effective_yaml.as_bytes())),
+        effective_yaml,
+        thresholds: config.thresholds,
+        shared,
+        watchdog,
+    });
     if ctx.policy.is_empty() {
         warn!(
             "egress_allow is empty: this agent will refuse every channel; add rules with --allow or egress_allow"
@@ -111,7 +143,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
                 warn!(error = %e, retry_in = ?delay, "enrollment failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => return Ok(()),
+                    () = cancel.cancelled() => return Ok(Stopped::Cancelled),
                 }
             }
             Err(e) => return Err(e.into()),
@@ -119,10 +151,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
     };
     info!(agent_id = %identity.info.agent_id, pool = %identity.info.pool, endpoint = %ctx.endpoint, "agent starting");
     backoff.reset();
+    let mut stopped = Stopped::Cancelled;
     while !cancel.is_cancelled() {
         let started = Instant::now();
         let delay = match session::run(&ctx, &mut identity, &cancel).await {
             Ok(Ended::Cancelled) => break,
+            Ok(Ended::Restart) => {
+                stopped = Stopped::Restart;
+                break;
+            }
             Ok(Ended::GoAway(after)) => {
                 backoff.reset();
                 after
@@ -148,8 +185,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AgentE
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = cancel.cancelled() => break,
+            () = restart.cancelled() => {
+                stopped = Stopped::Restart;
+                break;
+            }
         }
     }
-    info!("agent stopped");
-    Ok(())
+    info!(?stopped, "agent stopped");
+    Ok(stopped)
 }

@@ -1,7 +1,12 @@
 //! `tether-agent`: see the crate docs of `tether_agent`.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
+use tether_agent::{
+    Stopped,
+    recent_logs::RecentLogs,
+    shared::{RESTART_EXIT_CODE, Shared},
+};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -13,7 +18,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tether::logging::init(config.log_format, &config.log_level);
+    // Every line that passes the filter also goes, redacted, to the ring
+    // buffer the `logs` command reads.
+    let logs = RecentLogs::default();
+    tether::logging::init_with(config.log_format, &config.log_level, Some(logs.clone()));
+    let shared = Arc::new(Shared::new(logs));
     let cancel = CancellationToken::new();
     let signals = cancel.clone();
     // Ends with the process: it waits for a signal, then cancels.
@@ -24,9 +33,10 @@ async fn main() -> ExitCode {
     // On a worker, not in main's block_on: the session loop polls the
     // tunnel's inbound side, and waking the main thread for every frame
     // costs a futex round trip.
-    let agent = tokio::spawn(tether_agent::run(config, cancel));
+    let agent = tokio::spawn(tether_agent::run(config, shared, cancel));
     match agent.await {
-        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Ok(Stopped::Cancelled)) => ExitCode::SUCCESS,
+        Ok(Ok(Stopped::Restart)) => ExitCode::from(RESTART_EXIT_CODE),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "agent stopped");
             eprintln!("tether-agent: {e}");

@@ -267,6 +267,45 @@ mod tests {
     }
 
     #[test]
+    fn secrets_logged_through_tracing_never_reach_the_buffer() {
+        use tracing_subscriber::prelude::*;
+        let logs = RecentLogs::default();
+        logs.redactor().add_secret("cred-value-8841");
+        let join = "tether-join.v1.0123456789abcdef.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.bb";
+        let key = "tether-key.v1.fedcba9876543210.cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----";
+        let subscriber = tracing_subscriber::registry().with(logs.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(token = join, "enrolling with {join}");
+            tracing::info!(api_key = key, "calling with key {key}");
+            tracing::error!(pem, "bad key material");
+            tracing::info!(header = "Authorization: Bearer zzzzzzzzzzzz1234", "request");
+            tracing::info!("connect password=pw-in-message-77 host=db");
+            tracing::info!(dsn = "mysql://app:dsn-pass-55@db:3306/x", "dialing");
+            tracing::info!(value = "cred-value-8841", "credential loaded");
+        });
+        let (lines, _) = logs.tail(100, 0);
+        assert_eq!(lines.len(), 7);
+        let all: String = lines.iter().map(|l| format!("{}\n", l.message)).collect();
+        for secret in [
+            "aaaaaaaaaaaa",
+            "cccccccccccc",
+            "MIGHAgEAMBMG",
+            "zzzzzzzzzzzz1234",
+            "pw-in-message-77",
+            "dsn-pass-55",
+            "cred-value-8841",
+        ] {
+            assert!(!all.contains(secret), "{secret} leaked:\n{all}");
+        }
+        // The public parts still help: token ids, hosts.
+        assert!(
+            all.contains("0123456789abcdef") && all.contains("host=db"),
+            "{all}"
+        );
+    }
+
+    #[test]
     fn the_buffer_is_bounded_and_tails_newest_last() {
         let logs = RecentLogs::default();
         for i in 0..(MAX_LINES + 10) {

@@ -10,6 +10,7 @@ use std::{
     collections::VecDeque,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -18,9 +19,8 @@ use futures_util::{Stream, StreamExt, stream};
 use tether::{
     client,
     proto::{
-        AgentFrame, CommandError, CommandResult, HealthSample, Heartbeat, Hello, JobRejected,
-        JobUpdate, ProtocolVersion, ServerFrame, agent_frame, command_result, job_update,
-        server_frame, tunnel_client::TunnelClient,
+        AgentFrame, HealthSample, Heartbeat, Hello, JobRejected, JobUpdate, ProtocolVersion,
+        ResetCode, ServerFrame, agent_frame, job_update, server_frame, tunnel_client::TunnelClient,
     },
 };
 use tether_tunnel::{
@@ -33,10 +33,11 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::Streaming;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
-    Context as AgentContext, channels,
+    Context as AgentContext, channels, commands,
+    health::{Problem, Sampler},
     identity::{self, Enrolled, IdentityError},
 };
 
@@ -54,6 +55,9 @@ pub enum Ended {
     Cancelled,
     /// The stream ended or failed; reconnect with backoff.
     Lost(String),
+    /// A restart was asked for (command or watchdog): exit for the
+    /// supervisor.
+    Restart,
 }
 
 /// Why a session could not start.
@@ -107,7 +111,7 @@ impl Stream for LateInbound {
 /// `identity` is renewed during the session when its time comes; the next
 /// session then uses the new certificate.
 pub async fn run(
-    ctx: &AgentContext,
+    ctx: &Arc<AgentContext>,
     identity: &mut Enrolled,
     cancel: &CancellationToken,
 ) -> Result<Ended, AttachError> {
@@ -146,7 +150,7 @@ pub async fn run(
             hostname: ctx.hostname.clone(),
             max_concurrent_jobs: 0,
             egress_rules: ctx.policy.describe(),
-            draining: false,
+            draining: ctx.shared.is_draining(),
             previous_session_id: String::new(),
         })),
     };
@@ -196,76 +200,112 @@ pub async fn run(
     check_clock(welcome.server_time_unix_ms, ctx.max_clock_skew);
 
     let tracker = TaskTracker::new();
+    let mut sampler = Sampler::new(&ctx.state_dir, ctx.thresholds);
     let mut heartbeats = Heartbeats::new(interval);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut shutting_down = false;
     let mut renew_timer = Box::pin(tokio::time::sleep_until(until(identity.renew_at())));
     let mut renewal: Option<tokio::task::JoinHandle<Result<Enrolled, IdentityError>>> = None;
-    let ended = loop {
-        tokio::select! {
-            end = &mut driver => {
-                break match end {
-                    Ok(()) if shutting_down => Ended::Cancelled,
-                    Ok(()) => Ended::Lost("the control plane ended the stream".into()),
-                    Err(_) if shutting_down => Ended::Cancelled,
-                    Err(e) => Ended::Lost(e.to_string()),
-                };
+    let mut restarting = false;
+    if let Some(w) = &ctx.watchdog {
+        w.arm();
+    }
+    // Everything the session does is in a span with its ids, so that log
+    // lines (and the recent-log buffer) say which session they belong to.
+    let span =
+        info_span!("session", agent_id = %identity.info.agent_id, session_id = %welcome.session_id);
+    let ended = async {
+        loop {
+            if let Some(w) = &ctx.watchdog {
+                w.beat();
             }
-            Some(offer) = incoming.recv() => {
-                tracker.spawn(channels::serve(ctx.policy.clone(), offer));
-            }
-            Some(frame) = control.recv() => {
-                if let Some(end) = handle_control(&connection, &mut heartbeats, frame) {
-                    connection.close("the control plane sent GoAway");
-                    break end;
+            tokio::select! {
+                end = &mut driver => {
+                    break match end {
+                        _ if restarting => Ended::Restart,
+                        Ok(()) if shutting_down => Ended::Cancelled,
+                        Ok(()) => Ended::Lost("the control plane ended the stream".into()),
+                        Err(_) if shutting_down => Ended::Cancelled,
+                        Err(e) => Ended::Lost(e.to_string()),
+                    };
                 }
-            }
-            _ = tick.tick() => {
-                if heartbeats.unanswered(Instant::now()) {
-                    warn!(interval = ?interval, "no heartbeat answer for three intervals; reconnecting");
-                    connection.close("heartbeats went unanswered");
-                    break Ended::Lost("heartbeats went unanswered for three intervals".into());
+                Some(offer) = incoming.recv() => {
+                    if ctx.shared.is_draining() {
+                        offer.refuse(ResetCode::Draining, "this agent is drained (`tetherctl agents undrain` to undo)");
+                    } else if let Some(p) = ctx.shared.problem() {
+                        offer.refuse(ResetCode::ResourceExhausted, format!("this agent takes no new work: {}", p.message));
+                    } else {
+                        tracker.spawn(channels::serve(ctx.policy.clone(), offer).in_current_span());
+                    }
                 }
-                let hb = heartbeats.next(connection.channel_count(), &ctx.config_hash);
-                if connection.send_control(agent_frame::Kind::Heartbeat(hb)).is_err() {
-                    debug!("heartbeat not queued: the control lane is full or the session ended");
+                Some(frame) = control.recv() => {
+                    if let Some(end) = handle_control(ctx, &connection, &tracker, &mut heartbeats, frame) {
+                        connection.close("the control plane sent GoAway");
+                        break end;
+                    }
                 }
-            }
-            () = &mut renew_timer, if renewal.is_none() => {
-                let (dir, channel, current) = (ctx.state_dir.clone(), channel.clone(), identity.clone());
-                // Ends with the RPC (bounded by tonic's connect timeout and the
-                // control plane's answer); awaited below.
-                renewal = Some(tokio::spawn(async move { identity::renew(&dir, channel, current).await }));
-            }
-            done = async { renewal.as_mut().expect("guarded by the branch condition").await }, if renewal.is_some() => {
-                renewal = None;
-                let retry = match done {
-                    Ok(Ok(renewed)) => {
-                        *identity = renewed;
-                        until(identity.renew_at())
+                () = ctx.shared.restart.cancelled(), if !restarting => {
+                    restarting = true;
+                    connection.close("the agent is restarting");
+                }
+                _ = tick.tick() => {
+                    if heartbeats.unanswered(Instant::now()) {
+                        warn!(interval = ?interval, "no heartbeat answer for three intervals; reconnecting");
+                        connection.close("heartbeats went unanswered");
+                        break Ended::Lost("heartbeats went unanswered for three intervals".into());
                     }
-                    Ok(Err(e @ IdentityError::Refused { .. })) => {
-                        error!(error = %e, "certificate renewal refused; the agent stops working when its certificate expires");
-                        tokio::time::Instant::now() + RENEW_RETRY_REFUSED
+                    let (mut sample, problem) = sampler.sample();
+                    note_problem(ctx.shared.set_problem(problem.clone()), problem);
+                    sample.open_channels = u32::try_from(connection.channel_count()).unwrap_or(u32::MAX);
+                    sample.config_hash.clone_from(&ctx.config_hash);
+                    sample.draining = ctx.shared.is_draining();
+                    sample.certificate_not_after_unix_ms = identity.info.not_after_unix_ms;
+                    let hb = heartbeats.next(sample);
+                    if connection.send_control(agent_frame::Kind::Heartbeat(hb)).is_err() {
+                        debug!("heartbeat not queued: the control lane is full or the session ended");
                     }
-                    Ok(Err(e)) => {
-                        warn!(error = %e, retry_in = ?RENEW_RETRY, "certificate renewal failed");
-                        tokio::time::Instant::now() + RENEW_RETRY
-                    }
-                    Err(e) => {
-                        error!(error = %e, "the renewal task failed");
-                        tokio::time::Instant::now() + RENEW_RETRY
-                    }
-                };
-                renew_timer.as_mut().reset(retry);
-            }
-            () = cancel.cancelled(), if !shutting_down => {
-                shutting_down = true;
-                connection.close("the agent is shutting down");
+                }
+                () = &mut renew_timer, if renewal.is_none() => {
+                    let (dir, channel, current) = (ctx.state_dir.clone(), channel.clone(), identity.clone());
+                    // Ends with the RPC (bounded by tonic's connect timeout and the
+                    // control plane's answer); awaited below.
+                    renewal = Some(tokio::spawn(async move { identity::renew(&dir, channel, current).await }));
+                }
+                done = async { renewal.as_mut().expect("guarded by the branch condition").await }, if renewal.is_some() => {
+                    renewal = None;
+                    let retry = match done {
+                        Ok(Ok(renewed)) => {
+                            *identity = renewed;
+                            until(identity.renew_at())
+                        }
+                        Ok(Err(e @ IdentityError::Refused { .. })) => {
+                            error!(error = %e, "certificate renewal refused; the agent stops working when its certificate expires");
+                            tokio::time::Instant::now() + RENEW_RETRY_REFUSED
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, retry_in = ?RENEW_RETRY, "certificate renewal failed");
+                            tokio::time::Instant::now() + RENEW_RETRY
+                        }
+                        Err(e) => {
+                            error!(error = %e, "the renewal task failed");
+                            tokio::time::Instant::now() + RENEW_RETRY
+                        }
+                    };
+                    renew_timer.as_mut().reset(retry);
+                }
+                () = cancel.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    connection.close("the agent is shutting down");
+                }
             }
         }
-    };
+    }
+    .instrument(span)
+    .await;
+    if let Some(w) = &ctx.watchdog {
+        w.disarm();
+    }
     if let Some(r) = renewal {
         r.abort();
     }
@@ -309,8 +349,23 @@ fn check_clock(server_time_unix_ms: i64, limit: Duration) {
     }
 }
 
+/// Logs when a workspace problem starts, changes or ends.
+fn note_problem(before: Option<Problem>, now: Option<Problem>) {
+    match (before, now) {
+        (None, Some(p)) => warn!(problem = p.code, "{}", p.message),
+        (Some(b), Some(p)) if b.code != p.code => warn!(problem = p.code, "{}", p.message),
+        (Some(b), None) => info!(
+            problem = b.code,
+            "the workspace problem is over; taking work again"
+        ),
+        _ => {}
+    }
+}
+
 fn handle_control(
+    ctx: &Arc<AgentContext>,
     connection: &driver::Connection<AgentWire>,
+    tracker: &TaskTracker,
     heartbeats: &mut Heartbeats,
     frame: server_frame::Kind,
 ) -> Option<Ended> {
@@ -323,17 +378,9 @@ fn handle_control(
             ))));
         }
         server_frame::Kind::Command(cmd) => {
-            let result = CommandResult {
-                command_id: cmd.command_id,
-                result: Some(command_result::Result::Error(CommandError {
-                    code: "unsupported".into(),
-                    message: format!(
-                        "agent version {} does not run this command yet; upgrade the agent",
-                        tether::VERSION
-                    ),
-                })),
-            };
-            let _ = connection.send_control(agent_frame::Kind::CommandResult(result));
+            // Bounded: the control plane keeps at most 64 commands in flight
+            // per session, and each ends by its own deadline.
+            tracker.spawn(commands::run(ctx.clone(), connection.clone(), cmd).in_current_span());
         }
         server_frame::Kind::JobAssign(job) => {
             let update = JobUpdate {
@@ -380,7 +427,7 @@ impl Heartbeats {
         }
     }
 
-    fn next(&mut self, open_channels: usize, config_hash: &str) -> Heartbeat {
+    fn next(&mut self, sample: HealthSample) -> Heartbeat {
         self.sequence += 1;
         if self.pending.len() == MAX_PENDING {
             self.pending.pop_front();
@@ -390,12 +437,7 @@ impl Heartbeats {
             sequence: self.sequence,
             agent_time_unix_ms: unix_ms(),
             last_rtt_us: u64::try_from(self.last_rtt.as_micros()).unwrap_or(u64::MAX),
-            sample: Some(HealthSample {
-                process_rss_bytes: rss_bytes(),
-                open_channels: u32::try_from(open_channels).unwrap_or(u32::MAX),
-                config_hash: config_hash.to_owned(),
-                ..HealthSample::default()
-            }),
+            sample: Some(sample),
         }
     }
 
@@ -419,17 +461,4 @@ impl Heartbeats {
             .is_some_and(|&(_, sent)| now.saturating_duration_since(sent) > self.interval * 3)
             && now.saturating_duration_since(self.last_ack) > self.interval * 3
     }
-}
-
-/// Resident memory of this process, from /proc (0 where unavailable).
-fn rss_bytes() -> u64 {
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
-        return 0;
-    };
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages.saturating_mul(4096)
 }

@@ -75,6 +75,27 @@ pub struct Args {
     /// Most concurrent gRPC streams per connection (Dial streams) [default: 4096].
     #[arg(long, env = "TETHER_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<String>,
+    /// URL that alerts (agent stale, offline, clock skew, certificate
+    /// expiring, disk or inodes low) are POSTed to as JSON, retried with
+    /// backoff [default: none].
+    #[arg(long, env = "TETHER_ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
+    /// File with a secret that signs each webhook body (HMAC-SHA256 in the
+    /// X-Tether-Signature header) [default: unsigned].
+    #[arg(long, env = "TETHER_ALERT_WEBHOOK_SECRET_FILE")]
+    pub alert_webhook_secret_file: Option<String>,
+    /// Alert when an agent's certificate expires within this [default: 2d].
+    #[arg(long, env = "TETHER_ALERT_CERTIFICATE_EXPIRY")]
+    pub alert_certificate_expiry: Option<String>,
+    /// How often an agent's health sample is kept in its history [default: 1m].
+    #[arg(long, env = "TETHER_HEALTH_HISTORY_INTERVAL")]
+    pub health_history_interval: Option<String>,
+    /// Health samples kept per agent [default: 60].
+    #[arg(long, env = "TETHER_HEALTH_HISTORY_SAMPLES")]
+    pub health_history_samples: Option<String>,
+    /// How long agent events are kept [default: 30d].
+    #[arg(long, env = "TETHER_EVENT_RETENTION")]
+    pub event_retention: Option<String>,
     /// auto, text or json [default: auto: text on a terminal].
     #[arg(long, env = "TETHER_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -114,6 +135,16 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// HTTP/2 max concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// Where alerts go.
+    pub alert_webhook: Option<WebhookConfig>,
+    /// Certificate-expiry alert threshold.
+    pub alert_certificate_expiry: Duration,
+    /// Health history spacing.
+    pub health_history_interval: Duration,
+    /// Health samples kept per agent.
+    pub health_history_samples: u32,
+    /// Event retention.
+    pub event_retention: Duration,
     /// Log format.
     pub log_format: logging::Format,
     /// Log filter.
@@ -213,7 +244,81 @@ impl Config {
                 .filter(|n| (1..=1_000_000).contains(n))
                 .ok_or_else(|| "expected a number from 1 to 1000000".to_owned())
         })?;
+        let alert_webhook = match l.text("alert_webhook_url")? {
+            None => None,
+            Some(v) => {
+                let url = v.value.parse::<http::Uri>().ok().filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                });
+                let Some(url) = url else {
+                    return Err(l.invalid(
+                        "alert_webhook_url",
+                        v.value,
+                        v.source,
+                        "expected an http:// or https:// URL with a host, e.g. https://hooks.example/tether".into(),
+                    ));
+                };
+                let secret = match l.text("alert_webhook_secret_file")? {
+                    None => None,
+                    Some(f) => {
+                        let text = std::fs::read_to_string(&f.value).map_err(|e| {
+                            l.invalid(
+                                "alert_webhook_secret_file",
+                                f.value.clone(),
+                                f.source.clone(),
+                                format!("cannot read it: {e}"),
+                            )
+                        })?;
+                        let secret = text.trim().to_owned();
+                        if secret.len() < 16 {
+                            return Err(l.invalid(
+                                "alert_webhook_secret_file",
+                                f.value,
+                                f.source,
+                                "the secret must be at least 16 characters".into(),
+                            ));
+                        }
+                        Some(secrecy::SecretString::from(secret))
+                    }
+                };
+                Some(WebhookConfig { url, secret })
+            }
+        };
+        let health_history_samples = l.parse_with("health_history_samples", 60u32, |s| {
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| "expected a number from 1 to 10000".to_owned())
+        })?;
         Ok(Self {
+            alert_webhook,
+            alert_certificate_expiry: l
+                .duration("alert_certificate_expiry", Duration::from_secs(2 * 86_400))?,
+            health_history_interval: l.parse_with(
+                "health_history_interval",
+                Duration::from_secs(60),
+                |s| {
+                    within(
+                        parse_duration(s)?,
+                        Duration::from_millis(100),
+                        Duration::from_secs(86_400),
+                        "between 100ms and 1d",
+                    )
+                },
+            )?,
+            health_history_samples,
+            event_retention: l.parse_with(
+                "event_retention",
+                Duration::from_secs(30 * 86_400),
+                |s| {
+                    within(
+                        parse_duration(s)?,
+                        Duration::from_secs(60),
+                        Duration::from_secs(3650 * 86_400),
+                        "between 1m and 3650d",
+                    )
+                },
+            )?,
             data_dir,
             listen,
             ops_listen,
@@ -235,6 +340,15 @@ impl Config {
             tunnel: tether_tunnel::Config::default(),
         })
     }
+}
+
+/// Where alerts are POSTed, and the signing secret.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// http:// or https:// URL.
+    pub url: http::Uri,
+    /// HMAC-SHA256 key for the X-Tether-Signature header.
+    pub secret: Option<secrecy::SecretString>,
 }
 
 fn within(d: Duration, min: Duration, max: Duration, what: &str) -> Result<Duration, String> {

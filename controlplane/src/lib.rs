@@ -13,7 +13,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod commands;
 pub mod config;
+pub mod events;
 pub mod gateway;
 pub mod identity;
 pub mod metrics;
@@ -25,6 +27,8 @@ pub mod splice;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod watcher;
+pub mod webhook;
 
 use std::{
     net::SocketAddr,
@@ -257,6 +261,7 @@ pub async fn run(
     let tls_config = Arc::new(tls::server_config(&authority)?);
 
     let tracker = TaskTracker::new();
+    let (events, webhook_queue) = events::Events::new(config.alert_webhook.is_some());
     let state: Shared = Arc::new(State {
         public_endpoint: public_endpoint(&config, grpc_addr),
         config,
@@ -265,6 +270,7 @@ pub async fn run(
         registry: Registry::default(),
         metrics: Metrics::new(),
         gateways: Gateways::default(),
+        events,
         replica_id: format!("r-{}", secrets::random_hex(4)),
         // Not a child of `cancel`: sessions and gateways must outlive the
         // signal until shutdown() has drained them.
@@ -273,6 +279,15 @@ pub async fn run(
         serving: false.into(),
     });
     start_gateways(&state).await;
+    tracker.spawn(watcher::run(state.clone()));
+    if let (Some(hook), Some(queue)) = (state.config.alert_webhook.clone(), webhook_queue) {
+        tracker.spawn(webhook::run(
+            hook,
+            queue,
+            state.metrics.clone(),
+            state.cancel.clone(),
+        ));
+    }
 
     // gRPC: accept loop → tonic, stopped separately after the sessions end.
     let accept_cancel = CancellationToken::new();

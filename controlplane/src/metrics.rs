@@ -37,6 +37,59 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrgPoolLabels {
+    org: String,
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrgPoolStateLabels {
+    org: String,
+    pool: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrgPoolProblemLabels {
+    org: String,
+    pool: String,
+    problem: String,
+}
+
+/// A pool's health at scrape time, from its agents' latest samples.
+#[derive(Clone, Debug, Default)]
+pub struct PoolSnapshot {
+    pub org: String,
+    pub pool: String,
+    /// Agents by state name (connected, stale, draining, offline, revoked).
+    pub states: std::collections::BTreeMap<&'static str, i64>,
+    /// Agents whose version or configuration differs from the pin.
+    pub drifted: i64,
+    /// Agents by reported problem code.
+    pub problems: std::collections::BTreeMap<String, i64>,
+    /// Highest agent process CPU, fraction of one core.
+    pub cpu_max_ratio: Option<f64>,
+    /// Largest agent resident memory, bytes.
+    pub memory_max_bytes: Option<u64>,
+    /// Least free workspace space, bytes.
+    pub disk_free_min_bytes: Option<u64>,
+    /// Fewest free workspace inodes.
+    pub inodes_free_min: Option<u64>,
+    /// Earliest certificate expiry, seconds from now.
+    pub certificate_expiry_min_seconds: Option<f64>,
+}
+
 /// All metrics, cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -55,6 +108,16 @@ struct Inner {
     heartbeat_rtt: Histogram,
     heartbeat_age_max: Gauge<f64, AtomicU64>,
     stale_agents: Gauge,
+    events: Family<KindLabels, Counter>,
+    webhook: Family<ResultLabels, Counter>,
+    pool_agents: Family<OrgPoolStateLabels, Gauge>,
+    pool_drifted: Family<OrgPoolLabels, Gauge>,
+    pool_problems: Family<OrgPoolProblemLabels, Gauge>,
+    pool_cpu_max: Family<OrgPoolLabels, Gauge<f64, AtomicU64>>,
+    pool_memory_max: Family<OrgPoolLabels, Gauge>,
+    pool_disk_free_min: Family<OrgPoolLabels, Gauge>,
+    pool_inodes_free_min: Family<OrgPoolLabels, Gauge>,
+    pool_cert_expiry_min: Family<OrgPoolLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +149,16 @@ impl Metrics {
             ),
             heartbeat_age_max: Gauge::default(),
             stale_agents: Gauge::default(),
+            events: Family::default(),
+            webhook: Family::default(),
+            pool_agents: Family::default(),
+            pool_drifted: Family::default(),
+            pool_problems: Family::default(),
+            pool_cpu_max: Family::default(),
+            pool_memory_max: Family::default(),
+            pool_disk_free_min: Family::default(),
+            pool_inodes_free_min: Family::default(),
+            pool_cert_expiry_min: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -138,6 +211,59 @@ impl Metrics {
             "Attached agents that missed three heartbeats",
             inner.stale_agents.clone(),
         );
+        registry.register(
+            "agent_events",
+            "Agent events stored, by kind (stale, offline, disk_low, ...)",
+            inner.events.clone(),
+        );
+        registry.register(
+            "alert_webhook_deliveries",
+            "Alert webhook attempts, by result (delivered, retried, failed, dropped)",
+            inner.webhook.clone(),
+        );
+        registry.register(
+            "pool_agents",
+            "Enrolled agents by org, pool and state",
+            inner.pool_agents.clone(),
+        );
+        registry.register(
+            "pool_agents_drifted",
+            "Attached agents whose version or configuration differs from the pool's pin",
+            inner.pool_drifted.clone(),
+        );
+        registry.register(
+            "pool_agent_problems",
+            "Attached agents refusing work, by problem (disk_low, inodes_low, workspace_not_writable)",
+            inner.pool_problems.clone(),
+        );
+        registry.register(
+            "pool_agent_process_cpu_max_ratio",
+            "Highest agent process CPU use in the pool, as a fraction of one core",
+            inner.pool_cpu_max.clone(),
+        );
+        registry.register_with_unit(
+            "pool_agent_resident_memory_max",
+            "Largest agent resident memory in the pool",
+            prometheus_client::registry::Unit::Bytes,
+            inner.pool_memory_max.clone(),
+        );
+        registry.register_with_unit(
+            "pool_agent_workspace_free_min",
+            "Least free space in an agent workspace of the pool",
+            prometheus_client::registry::Unit::Bytes,
+            inner.pool_disk_free_min.clone(),
+        );
+        registry.register(
+            "pool_agent_workspace_inodes_free_min",
+            "Fewest free inodes in an agent workspace of the pool",
+            inner.pool_inodes_free_min.clone(),
+        );
+        registry.register_with_unit(
+            "pool_agent_certificate_expiry_min",
+            "Time until the earliest agent certificate of the pool expires",
+            prometheus_client::registry::Unit::Seconds,
+            inner.pool_cert_expiry_min.clone(),
+        );
         let inner = Inner { registry, ..inner };
         Self {
             inner: Arc::new(inner),
@@ -149,6 +275,13 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.inner.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// The Prometheus text format (0.0.4), for scrapers and tools that do
+    /// not ask for OpenMetrics (promtool, curl): counter families are named
+    /// with their `_total` suffix, and `# UNIT` and `# EOF` go.
+    pub fn encode_prometheus_text(&self) -> String {
+        to_prometheus_text(&self.encode())
     }
 
     pub fn session_attached(&self) {
@@ -217,6 +350,79 @@ impl Metrics {
         }
     }
 
+    /// An agent event was stored.
+    pub fn event(&self, kind: &str) {
+        self.inner
+            .events
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A webhook attempt ended so.
+    pub fn webhook_delivery(&self, result: &'static str) {
+        self.inner
+            .webhook
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Replaces the per-pool gauges (set at scrape time): pools that are
+    /// gone disappear.
+    pub fn set_pools(&self, pools: &[PoolSnapshot]) {
+        let i = &self.inner;
+        i.pool_agents.clear();
+        i.pool_drifted.clear();
+        i.pool_problems.clear();
+        i.pool_cpu_max.clear();
+        i.pool_memory_max.clear();
+        i.pool_disk_free_min.clear();
+        i.pool_inodes_free_min.clear();
+        i.pool_cert_expiry_min.clear();
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for p in pools {
+            let labels = OrgPoolLabels {
+                org: p.org.clone(),
+                pool: p.pool.clone(),
+            };
+            for (state, n) in &p.states {
+                i.pool_agents
+                    .get_or_create(&OrgPoolStateLabels {
+                        org: p.org.clone(),
+                        pool: p.pool.clone(),
+                        state,
+                    })
+                    .set(*n);
+            }
+            i.pool_drifted.get_or_create(&labels).set(p.drifted);
+            for (problem, n) in &p.problems {
+                i.pool_problems
+                    .get_or_create(&OrgPoolProblemLabels {
+                        org: p.org.clone(),
+                        pool: p.pool.clone(),
+                        problem: problem.clone(),
+                    })
+                    .set(*n);
+            }
+            if let Some(v) = p.cpu_max_ratio {
+                i.pool_cpu_max.get_or_create(&labels).set(v);
+            }
+            if let Some(v) = p.memory_max_bytes {
+                i.pool_memory_max.get_or_create(&labels).set(int(v));
+            }
+            if let Some(v) = p.disk_free_min_bytes {
+                i.pool_disk_free_min.get_or_create(&labels).set(int(v));
+            }
+            if let Some(v) = p.inodes_free_min {
+                i.pool_inodes_free_min.get_or_create(&labels).set(int(v));
+            }
+            if let Some(v) = p.certificate_expiry_min_seconds {
+                i.pool_cert_expiry_min.get_or_create(&labels).set(v);
+            }
+        }
+    }
+
     /// Set at scrape time from the registry of sessions.
     pub fn set_heartbeat_ages(&self, oldest_seconds: f64, stale: i64) {
         self.inner.heartbeat_age_max.set(oldest_seconds);
@@ -245,9 +451,67 @@ impl Drop for OpenChannel {
     }
 }
 
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let mut out = String::with_capacity(open_metrics.len());
+    let mut help: Option<&str> = None;
+    for line in open_metrics.lines() {
+        if line.starts_with("# HELP ") {
+            help = Some(line);
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let shown = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            if let Some(h) = help.take() {
+                let text = h
+                    .strip_prefix("# HELP ")
+                    .and_then(|h| h.strip_prefix(name))
+                    .unwrap_or("");
+                out.push_str(&format!("# HELP {shown}{text}\n"));
+            }
+            out.push_str(&format!("# TYPE {shown} {kind}\n"));
+            continue;
+        }
+        if let Some(h) = help.take() {
+            out.push_str(h);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prometheus_text_names_counters_with_total() {
+        let m = Metrics::new();
+        m.heartbeat(Some(0.001));
+        let text = m.encode_prometheus_text();
+        assert!(
+            text.contains("# TYPE tether_heartbeats_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP tether_heartbeats_total Heartbeats"),
+            "{text}"
+        );
+        assert!(text.contains("tether_heartbeats_total 1"), "{text}");
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn open_channels_are_counted_until_dropped() {

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -57,8 +57,11 @@ pub struct LiveSession {
     pub hello: HelloInfo,
     /// Ends the session's task (revocation, replacement, shutdown).
     pub cancel: CancellationToken,
+    /// Commands waiting for the agent's answers.
+    pub commands: crate::commands::Commands,
     draining: AtomicBool,
-    skew_reported: AtomicBool,
+    /// When a health sample was last kept in the history (Unix ms).
+    history_ms: AtomicI64,
     heartbeat: Mutex<Heartbeat>,
 }
 
@@ -86,8 +89,9 @@ impl LiveSession {
             connected_ms,
             hello,
             cancel,
+            commands: crate::commands::Commands::default(),
             draining: AtomicBool::new(draining),
-            skew_reported: AtomicBool::new(false),
+            history_ms: AtomicI64::new(0),
             heartbeat: Mutex::new(Heartbeat {
                 at: Instant::now(),
                 at_ms: connected_ms,
@@ -98,16 +102,25 @@ impl LiveSession {
         }
     }
 
-    /// True the first time it is called for this session: a clock skew is
-    /// logged once per session, not at every heartbeat.
-    pub fn note_skew_reported(&self) -> bool {
-        !self.skew_reported.swap(true, Ordering::Relaxed)
+    /// True when a sample taken at `now_ms` is due for the history (at
+    /// most one per `every`); marks it taken.
+    pub fn history_due(&self, now_ms: i64, every: Duration) -> bool {
+        let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+        let last = self.history_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) >= every
+            && self
+                .history_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// The control plane's view: set by operators (drain, undrain) and at
+    /// attach from the stored mark, not by the agent's heartbeats, so that
+    /// a heartbeat in flight cannot undo a drain.
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
     }
@@ -121,9 +134,6 @@ impl LiveSession {
     }
 
     pub fn record_heartbeat(&self, hb: Heartbeat) {
-        if let Some(draining) = hb.sample.as_ref().map(|s| s.draining) {
-            self.set_draining(draining);
-        }
         *self
             .heartbeat
             .lock()
@@ -184,28 +194,32 @@ impl Registry {
     }
 
     /// Sessions that may take a new channel for `pool`, best first: not
-    /// draining and not closed; fresh heartbeats before stale ones, then
-    /// the least loaded (fewest open channels).
+    /// draining and not closed; fresh heartbeats before stale ones, agents
+    /// without a workspace problem before those with one (they refuse, and
+    /// the router fails over), then the least loaded (fewest open channels).
     pub fn candidates(
         &self,
         org_id: &str,
         pool: &str,
         interval: Duration,
     ) -> Vec<Arc<LiveSession>> {
-        let mut list: Vec<(bool, usize, Arc<LiveSession>)> = self
+        let mut list: Vec<((bool, bool, usize), Arc<LiveSession>)> = self
             .read()
             .values()
             .filter(|s| s.org_id == org_id && s.pool == pool && !s.is_draining())
             .filter(|s| !s.connection.is_closed())
             .map(|s| {
+                let troubled = s
+                    .heartbeat()
+                    .sample
+                    .is_some_and(|h| !h.problem_code.is_empty());
                 (
-                    s.is_stale(interval),
-                    s.connection.channel_count(),
+                    (s.is_stale(interval), troubled, s.connection.channel_count()),
                     s.clone(),
                 )
             })
             .collect();
-        list.sort_by_key(|(stale, load, _)| (*stale, *load));
-        list.into_iter().map(|(_, _, s)| s).collect()
+        list.sort_by_key(|(key, _)| *key);
+        list.into_iter().map(|(_, s)| s).collect()
     }
 }

@@ -12,8 +12,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::Status;
 
 use crate::{
-    config::Config, gateway::Gateways, identity::Authority, metrics::Metrics, registry::Registry,
-    store::Store,
+    config::Config, events::Events, gateway::Gateways, identity::Authority, metrics::Metrics,
+    registry::Registry, store::Store,
 };
 
 /// Shared state; one per process.
@@ -24,6 +24,8 @@ pub struct State {
     pub registry: Registry,
     pub metrics: Metrics,
     pub gateways: Gateways,
+    /// Agent events: watchers and the alert webhook.
+    pub events: Events,
     /// This replica's id (random per start).
     pub replica_id: String,
     /// The address agents and clients use.

@@ -559,3 +559,51 @@ pub async fn next_frame(
         }
     }
 }
+
+/// Runs tetherctl against `cp`; returns (success, stdout, stderr).
+pub async fn ctl(cp: &ControlPlane, args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(binary("tetherctl"))
+        .args(["--endpoint", &cp.endpoint(), "--data-dir"])
+        .arg(&cp.data_dir)
+        .args(args)
+        .env_remove("TETHER_API_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `check` every 50 ms until it returns `Some`; fails the test after
+/// [`WAIT`] with `what`. For conditions no log line announces (a health
+/// sample arrived, a state changed).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not so within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

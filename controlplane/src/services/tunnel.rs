@@ -10,8 +10,9 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
 use tether::proto::{
-    AgentFrame, Heartbeat, HeartbeatAck, Hello, ProtocolVersion, ResetCode, ServerFrame, Welcome,
-    agent_frame, server_frame, tunnel_server::Tunnel,
+    AgentFrame, DrainCommand, Heartbeat, HeartbeatAck, Hello, ProtocolVersion, ResetCode,
+    ServerFrame, UndrainCommand, Welcome, agent_frame, command, server_frame,
+    tunnel_server::Tunnel,
 };
 use tether_tunnel::{
     ServerWire,
@@ -33,6 +34,8 @@ use crate::{
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest Tunnel message accepted (data frames are ≤ 32 KiB).
 pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// How long the control plane waits for the answer to a bookkeeping command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most labels, capabilities or credential names one Hello may carry.
 const MAX_HELLO_ITEMS: usize = 256;
 
@@ -155,9 +158,24 @@ impl Tunnel for TunnelService {
                 hostname: hello.hostname,
                 config_hash: hello.config_hash,
             },
-            hello.draining,
+            hello.draining || record.drained_ms != 0,
             cancel,
         ));
+        // The stored mark wins: a drained agent that restarted (and forgot)
+        // is told again; one undrained while it was away is told so.
+        let told = match (record.drained_ms != 0, hello.draining) {
+            (true, false) => Some(command::Kind::Drain(DrainCommand { wait_ms: 0 })),
+            (false, true) => Some(command::Kind::Undrain(UndrainCommand {})),
+            _ => None,
+        };
+        if let Some(kind) = told {
+            let live = live.clone();
+            state.tracker.spawn(async move {
+                if let Err(e) = live.commands.run(&live.connection, kind, COMMAND_TIMEOUT).await {
+                    warn!(agent_id = %live.agent_id, error = %e, "could not align the agent's drain state with the stored one");
+                }
+            });
+        }
         if let Some(old) = state.registry.insert(live.clone()) {
             info!(%agent_id, old_session = %old.session_id, new_session = %session_id, "a newer session replaces the old one");
             old.connection
@@ -228,6 +246,7 @@ async fn run_session(
         Ok(()) => info!("agent detached: it ended the stream"),
         Err(e) => info!(reason = %e, "agent detached"),
     }
+    live.commands.abandon();
     state.registry.remove(&live.agent_id, &live.session_id);
     state.metrics.session_detached();
 }
@@ -239,10 +258,13 @@ async fn handle_control(state: &Shared, live: &LiveSession, frame: agent_frame::
             warn!("ignoring a second Hello on a running session");
         }
         agent_frame::Kind::CommandResult(r) => {
-            debug!(
-                command_id = r.command_id,
-                "command result with no command waiting"
-            );
+            let id = r.command_id;
+            if !live.commands.complete(r) {
+                debug!(
+                    command_id = id,
+                    "command result with no command waiting (timed out?)"
+                );
+            }
         }
         other => {
             debug!(kind = ?std::mem::discriminant(&other), "ignoring a frame this version does not handle yet")
@@ -262,21 +284,7 @@ async fn handle_heartbeat(state: &Shared, live: &LiveSession, hb: Heartbeat) {
     } else {
         0
     };
-    let limit = i64::try_from(state.config.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
-    if clock_skew_ms.abs() > limit && live.note_skew_reported() {
-        let direction = if clock_skew_ms > 0 {
-            "ahead of"
-        } else {
-            "behind"
-        };
-        warn!(
-            clock_skew_ms,
-            "the agent's clock is {:.1} s {direction} the control plane's (more than the allowed {:?}); \
-             fix the agent host's clock (NTP, e.g. `timedatectl set-ntp true`): certificates and leases depend on it",
-            clock_skew_ms.unsigned_abs() as f64 / 1000.0,
-            state.config.max_clock_skew
-        );
-    }
+    // A skew over the limit becomes an event (and an alert) in the watcher.
     let ack = HeartbeatAck {
         sequence: hb.sequence,
         agent_time_unix_ms: hb.agent_time_unix_ms,
@@ -288,6 +296,23 @@ async fn handle_heartbeat(state: &Shared, live: &LiveSession, hb: Heartbeat) {
         .is_err()
     {
         debug!("heartbeat ack not queued: the session is ending or its control lane is full");
+    }
+    if let Some(sample) = &hb.sample
+        && live.history_due(now, state.config.health_history_interval)
+    {
+        let bytes = prost::Message::encode_to_vec(sample);
+        if let Err(e) = state
+            .store
+            .insert_health_sample(
+                &live.agent_id,
+                now,
+                &bytes,
+                state.config.health_history_samples,
+            )
+            .await
+        {
+            warn!(error = %e, "could not keep a health sample in the history");
+        }
     }
     live.record_heartbeat(registry::Heartbeat {
         at: tokio::time::Instant::now(),

@@ -56,6 +56,8 @@ pub struct AgentRecord {
     pub rtt_us: u64,
     pub clock_skew_ms: i64,
     pub revoked_ms: i64,
+    /// When an operator drained it (0 = not drained); survives reconnects.
+    pub drained_ms: i64,
 }
 
 /// What an agent's Hello tells the store.
@@ -111,6 +113,30 @@ pub struct AuditRecord {
     pub peer: String,
     pub result: String,
     pub detail: String,
+}
+
+/// A pool's pins: what its agents should run (drift detection).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolRecord {
+    pub org_id: String,
+    pub name: String,
+    pub pinned_version: String,
+    pub pinned_config_hash: String,
+    pub updated_ms: i64,
+}
+
+/// Something that happened to an agent (state change or alert).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Assigned by the store, increasing.
+    pub id: u64,
+    pub org_id: String,
+    pub agent_id: String,
+    pub pool: String,
+    pub time_ms: i64,
+    pub kind: String,
+    pub detail: String,
+    pub alert: bool,
 }
 
 /// A store failure. The detail goes to the log; callers show an opaque
@@ -172,6 +198,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get_agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError>;
     /// Agents of an org, by pool and id.
     async fn list_agents(&self, org_id: &str) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Per org and pool: agents not revoked whose last heartbeat is older
+    /// than `offline_before_ms` (offline on every replica), and revoked
+    /// agents (metrics).
+    async fn agent_counts(
+        &self,
+        offline_before_ms: i64,
+    ) -> Result<Vec<(String, String, u64, u64)>, StoreError>;
     /// Records what a new session's Hello said.
     async fn record_hello(
         &self,
@@ -237,6 +270,54 @@ pub trait Store: Send + Sync + 'static {
         cert_serial: &str,
         cert_not_after_ms: i64,
     ) -> Result<(), StoreError>;
+
+    /// Sets or clears an agent's drain mark (`drained_ms` 0 clears);
+    /// `None` if the org has no such agent.
+    async fn set_agent_drained(
+        &self,
+        org_id: &str,
+        agent_id: &str,
+        drained_ms: i64,
+    ) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// A pool's pins, if it has any.
+    async fn get_pool(&self, org_id: &str, name: &str) -> Result<Option<PoolRecord>, StoreError>;
+    /// Pins of every pool of an org that has some.
+    async fn list_pools(&self, org_id: &str) -> Result<Vec<PoolRecord>, StoreError>;
+    /// Creates or replaces a pool's pins.
+    async fn upsert_pool(&self, pool: &PoolRecord) -> Result<(), StoreError>;
+
+    /// Appends a health sample (encoded) and keeps only the newest `keep`
+    /// of the agent.
+    async fn insert_health_sample(
+        &self,
+        agent_id: &str,
+        time_ms: i64,
+        sample: &[u8],
+        keep: u32,
+    ) -> Result<(), StoreError>;
+    /// The agent's newest `limit` samples, oldest first.
+    async fn list_health_samples(
+        &self,
+        agent_id: &str,
+        limit: u32,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
+
+    /// Appends an event; returns its id.
+    async fn insert_event(&self, event: &EventRecord) -> Result<u64, StoreError>;
+    /// An org's events with an id above `after_id`, oldest first, optionally
+    /// of one agent.
+    async fn list_events(
+        &self,
+        org_id: &str,
+        after_id: u64,
+        agent_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+    /// The id of the org's newest event (0 = none).
+    async fn last_event_id(&self, org_id: &str) -> Result<u64, StoreError>;
+    /// Deletes events older than `before_ms`; returns how many.
+    async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError>;
 
     /// Appends to the audit log.
     async fn insert_audit(&self, event: &AuditRecord) -> Result<(), StoreError>;

@@ -15,8 +15,8 @@ use sqlx::{
 };
 
 use super::{
-    AgentRecord, ApiKeyRecord, AuditRecord, ConnectionRecord, HelloRecord, Store, StoreError,
-    TokenRecord,
+    AgentRecord, ApiKeyRecord, AuditRecord, ConnectionRecord, EventRecord, HelloRecord, PoolRecord,
+    Store, StoreError, TokenRecord,
 };
 
 /// Connections in the pool; SQLite serialises writes anyway.
@@ -113,6 +113,34 @@ fn agent(row: &SqliteRow) -> Result<AgentRecord, StoreError> {
         rtt_us: u64::try_from(rtt).unwrap_or(0),
         clock_skew_ms: row.try_get("clock_skew_ms")?,
         revoked_ms: row.try_get("revoked_ms")?,
+        drained_ms: row.try_get("drained_ms")?,
+    })
+}
+
+fn pool(row: &SqliteRow) -> Result<PoolRecord, StoreError> {
+    Ok(PoolRecord {
+        org_id: row.try_get("org_id")?,
+        name: row.try_get("name")?,
+        pinned_version: row.try_get("pinned_version")?,
+        pinned_config_hash: row.try_get("pinned_config_hash")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
+}
+
+fn event(row: &SqliteRow) -> Result<EventRecord, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    Ok(EventRecord {
+        id: u64::try_from(id).map_err(|_| StoreError::Corrupt {
+            what: "agent_events.id",
+            detail: format!("{id} is negative"),
+        })?,
+        org_id: row.try_get("org_id")?,
+        agent_id: row.try_get("agent_id")?,
+        pool: row.try_get("pool")?,
+        time_ms: row.try_get("time_ms")?,
+        kind: row.try_get("kind")?,
+        detail: row.try_get("detail")?,
+        alert: row.try_get::<i64, _>("alert")? != 0,
     })
 }
 
@@ -289,6 +317,33 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(agent).collect()
+    }
+
+    async fn agent_counts(
+        &self,
+        offline_before_ms: i64,
+    ) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT org_id, pool, SUM(revoked_ms = 0 AND last_heartbeat_ms < ?) AS offline, \
+             SUM(revoked_ms != 0) AS revoked FROM agents GROUP BY org_id, pool ORDER BY org_id, pool",
+        )
+        .bind(offline_before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let n = |c: &str| -> Result<u64, sqlx::Error> {
+                    Ok(u64::try_from(r.try_get::<i64, _>(c)?).unwrap_or(0))
+                };
+                Ok((
+                    r.try_get("org_id")?,
+                    r.try_get("pool")?,
+                    n("offline")?,
+                    n("revoked")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
     async fn record_hello(
@@ -540,6 +595,165 @@ impl Store for SqliteStore {
         .await?;
         rows.iter().map(audit).collect()
     }
+
+    async fn set_agent_drained(
+        &self,
+        org_id: &str,
+        agent_id: &str,
+        drained_ms: i64,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE agents SET drained_ms = ? WHERE org_id = ? AND agent_id = ? RETURNING *",
+        )
+        .bind(drained_ms)
+        .bind(org_id)
+        .bind(agent_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(agent).transpose()
+    }
+
+    async fn get_pool(&self, org_id: &str, name: &str) -> Result<Option<PoolRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM pools WHERE org_id = ? AND name = ?")
+            .bind(org_id)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(pool).transpose()
+    }
+
+    async fn list_pools(&self, org_id: &str) -> Result<Vec<PoolRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM pools WHERE org_id = ? ORDER BY name")
+            .bind(org_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(pool).collect()
+    }
+
+    async fn upsert_pool(&self, p: &PoolRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pools (org_id, name, pinned_version, pinned_config_hash, updated_ms) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (org_id, name) DO UPDATE SET \
+             pinned_version = excluded.pinned_version, pinned_config_hash = excluded.pinned_config_hash, \
+             updated_ms = excluded.updated_ms",
+        )
+        .bind(&p.org_id)
+        .bind(&p.name)
+        .bind(&p.pinned_version)
+        .bind(&p.pinned_config_hash)
+        .bind(p.updated_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_health_sample(
+        &self,
+        agent_id: &str,
+        time_ms: i64,
+        sample: &[u8],
+        keep: u32,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO health_samples (agent_id, time_ms, sample) VALUES (?, ?, ?)")
+            .bind(agent_id)
+            .bind(time_ms)
+            .bind(sample)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM health_samples WHERE agent_id = ? AND rowid NOT IN \
+             (SELECT rowid FROM health_samples WHERE agent_id = ? ORDER BY time_ms DESC, rowid DESC LIMIT ?)",
+        )
+        .bind(agent_id)
+        .bind(agent_id)
+        .bind(i64::from(keep))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_health_samples(
+        &self,
+        agent_id: &str,
+        limit: u32,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT time_ms, sample FROM health_samples WHERE agent_id = ? \
+             ORDER BY time_ms DESC, rowid DESC LIMIT ?",
+        )
+        .bind(agent_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| Ok((r.try_get("time_ms")?, r.try_get("sample")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn insert_event(&self, e: &EventRecord) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO agent_events (org_id, agent_id, pool, time_ms, kind, detail, alert) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&e.org_id)
+        .bind(&e.agent_id)
+        .bind(&e.pool)
+        .bind(e.time_ms)
+        .bind(&e.kind)
+        .bind(&e.detail)
+        .bind(i64::from(e.alert))
+        .fetch_one(&self.pool)
+        .await?;
+        let id: i64 = row.try_get("id")?;
+        u64::try_from(id).map_err(|_| StoreError::Corrupt {
+            what: "agent_events.id",
+            detail: format!("{id} is negative"),
+        })
+    }
+
+    async fn list_events(
+        &self,
+        org_id: &str,
+        after_id: u64,
+        agent_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM agent_events WHERE org_id = ? AND id > ? AND (? IS NULL OR agent_id = ?) \
+             ORDER BY id LIMIT ?",
+        )
+        .bind(org_id)
+        .bind(i64::try_from(after_id).unwrap_or(i64::MAX))
+        .bind(agent_id)
+        .bind(agent_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event).collect()
+    }
+
+    async fn last_event_id(&self, org_id: &str) -> Result<u64, StoreError> {
+        let row =
+            sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM agent_events WHERE org_id = ?")
+                .bind(org_id)
+                .fetch_one(&self.pool)
+                .await?;
+        let id: i64 = row.try_get("id")?;
+        Ok(u64::try_from(id).unwrap_or(0))
+    }
+
+    async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM agent_events WHERE time_ms < ?")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 #[cfg(test)]
@@ -666,5 +880,76 @@ mod tests {
             ),
             (20, 30, 1500, -4)
         );
+    }
+}
+
+#[cfg(test)]
+mod day2_tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn health_history_keeps_only_the_newest() {
+        let (_d, s) = store().await;
+        for t in 1..=10 {
+            s.insert_health_sample("a1", t, &[u8::try_from(t).unwrap()], 3)
+                .await
+                .unwrap();
+        }
+        s.insert_health_sample("a2", 5, &[99], 3).await.unwrap();
+        let kept = s.list_health_samples("a1", 100).await.unwrap();
+        assert_eq!(kept, vec![(8, vec![8]), (9, vec![9]), (10, vec![10])]);
+        assert_eq!(s.list_health_samples("a2", 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn events_page_by_id_and_org_and_prune_by_age() {
+        let (_d, s) = store().await;
+        let ev = |org: &str, agent: &str, t: i64| EventRecord {
+            org_id: org.into(),
+            agent_id: agent.into(),
+            pool: "p".into(),
+            time_ms: t,
+            kind: "stale".into(),
+            detail: String::new(),
+            alert: true,
+            id: 0,
+        };
+        let a = s.insert_event(&ev("o1", "a1", 10)).await.unwrap();
+        let b = s.insert_event(&ev("o2", "a9", 20)).await.unwrap();
+        let c = s.insert_event(&ev("o1", "a2", 30)).await.unwrap();
+        assert!(a < b && b < c);
+        let all = s.list_events("o1", 0, None, 10).await.unwrap();
+        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [a, c]);
+        assert!(all[0].alert);
+        let after = s.list_events("o1", a, None, 10).await.unwrap();
+        assert_eq!(after.len(), 1);
+        let one = s.list_events("o1", 0, Some("a2"), 10).await.unwrap();
+        assert_eq!(one[0].agent_id, "a2");
+        assert_eq!(s.prune_events(25).await.unwrap(), 2);
+        assert_eq!(s.list_events("o1", 0, None, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn pool_pins_upsert() {
+        let (_d, s) = store().await;
+        assert_eq!(s.get_pool("o", "p").await.unwrap(), None);
+        let mut p = PoolRecord {
+            org_id: "o".into(),
+            name: "p".into(),
+            pinned_version: "1.0".into(),
+            pinned_config_hash: String::new(),
+            updated_ms: 1,
+        };
+        s.upsert_pool(&p).await.unwrap();
+        p.pinned_config_hash = "abc".into();
+        s.upsert_pool(&p).await.unwrap();
+        assert_eq!(s.get_pool("o", "p").await.unwrap(), Some(p.clone()));
+        assert_eq!(s.list_pools("o").await.unwrap(), vec![p]);
     }
 }

@@ -12,6 +12,7 @@ use tether::proto::{
 
 use crate::{
     connect::{ConnectArgs, status},
+    diagnose,
     output::{self, Format, Table},
 };
 
@@ -72,6 +73,31 @@ pub(crate) enum AgentsCommand {
         /// Why (kept in the audit log).
         #[arg(long, default_value = "")]
         reason: String,
+    },
+    /// From the agent, inside its network: resolve HOST, connect to PORT,
+    /// optionally handshake TLS; each step timed. Obeys the agent's egress
+    /// allow-list.
+    Probe(diagnose::ProbeArgs),
+    /// Recent log lines of the agent (from its memory, secrets redacted).
+    Logs(diagnose::LogsArgs),
+    /// The agent's effective configuration (secrets redacted) and its drift
+    /// from the pool's pins.
+    Config {
+        /// The agent id.
+        agent_id: String,
+    },
+    /// Stop new channels and jobs on the agent and wait for running ones.
+    Drain {
+        /// The agent id.
+        agent_id: String,
+        /// How long to wait for running channels: 30s, 5m.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+    /// Let a drained agent take channels and jobs again.
+    Undrain {
+        /// The agent id.
+        agent_id: String,
     },
 }
 
@@ -233,8 +259,16 @@ pub(crate) async fn agents(
                 "CHANNELS",
                 "LAST HEARTBEAT",
                 "RTT",
+                "DRIFT",
+                "PROBLEM",
             ]);
             for a in resp.agents {
+                let problem = a
+                    .health
+                    .as_ref()
+                    .map(|h| h.problem_code.clone())
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "-".into());
                 t.row(vec![
                     a.agent_id,
                     a.pool,
@@ -244,6 +278,8 @@ pub(crate) async fn agents(
                     a.open_channels.to_string(),
                     output::time(a.last_heartbeat_unix_ms),
                     format!("{:.1}ms", a.rtt_us as f64 / 1000.0),
+                    if a.drift { "drift" } else { "-" }.into(),
+                    problem,
                 ]);
             }
             t.print(format);
@@ -264,40 +300,65 @@ pub(crate) async fn agents(
                 .into_inner();
             show_agent(format, a);
         }
+        AgentsCommand::Probe(args) => diagnose::probe(&mut admin, format, args).await?,
+        AgentsCommand::Logs(args) => diagnose::logs(&mut admin, format, args).await?,
+        AgentsCommand::Config { agent_id } => {
+            diagnose::config(&mut admin, format, agent_id).await?;
+        }
+        AgentsCommand::Drain { agent_id, wait } => {
+            diagnose::drain(&mut admin, format, agent_id, wait).await?;
+        }
+        AgentsCommand::Undrain { agent_id } => {
+            let a = admin
+                .undrain_agent(tether::proto::UndrainAgentRequest { agent_id })
+                .await
+                .map_err(|s| status("undraining the agent", s))?
+                .into_inner();
+            show_agent(format, a);
+        }
     }
     Ok(())
 }
 
-fn show_agent(format: Format, a: tether::proto::Agent) {
+pub(crate) fn show_agent(format: Format, a: tether::proto::Agent) {
     let mut labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();
-    output::fields(
-        format,
-        &[
-            ("agent", a.agent_id),
-            ("org", a.org_id),
-            ("pool", a.pool),
-            ("state", state_name(a.state)),
-            ("version", a.version),
-            ("host", a.hostname),
-            ("peer address", a.peer_address),
-            ("labels", labels.join(",")),
-            ("capabilities", a.capabilities.join(",")),
-            ("credential names", a.credential_names.join(",")),
-            ("enrolled", output::time(a.enrolled_unix_ms)),
-            ("connected", output::time(a.connected_unix_ms)),
-            ("last heartbeat", output::time(a.last_heartbeat_unix_ms)),
-            ("rtt", format!("{:.1}ms", a.rtt_us as f64 / 1000.0)),
-            ("clock skew", format!("{}ms", a.clock_skew_ms)),
-            (
-                "certificate expires",
-                output::time(a.certificate_not_after_unix_ms),
-            ),
-            ("open channels", a.open_channels.to_string()),
-            ("session", a.session_id),
-            ("config hash", a.config_hash),
-        ],
-    );
+    let health = diagnose::health_fields(a.health.as_ref(), &a.history);
+    let mut pairs = vec![
+        ("agent", a.agent_id),
+        ("org", a.org_id),
+        ("pool", a.pool),
+        ("state", state_name(a.state)),
+        ("version", a.version),
+        ("host", a.hostname),
+        ("peer address", a.peer_address),
+        ("labels", labels.join(",")),
+        ("capabilities", a.capabilities.join(",")),
+        ("credential names", a.credential_names.join(",")),
+        ("enrolled", output::time(a.enrolled_unix_ms)),
+        ("connected", output::time(a.connected_unix_ms)),
+        ("last heartbeat", output::time(a.last_heartbeat_unix_ms)),
+        ("rtt", format!("{:.1}ms", a.rtt_us as f64 / 1000.0)),
+        ("clock skew", format!("{}ms", a.clock_skew_ms)),
+        (
+            "certificate expires",
+            output::time(a.certificate_not_after_unix_ms),
+        ),
+        ("open channels", a.open_channels.to_string()),
+        ("session", a.session_id),
+        ("config hash", a.config_hash),
+        (
+            "drift",
+            if a.drift {
+                "yes (see `tetherctl agents config`)"
+            } else {
+                "no"
+            }
+            .into(),
+        ),
+    ];
+    pairs.extend(health);
+    output::fields(format, &pairs);
 }
 
 pub(crate) async fn connections(

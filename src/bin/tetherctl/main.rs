@@ -6,9 +6,12 @@
 
 mod admin;
 mod connect;
+mod diagnose;
 mod dial;
+mod events;
 mod keys;
 mod output;
+mod pools;
 mod quickstart;
 
 use std::process::ExitCode;
@@ -36,9 +39,14 @@ enum Command {
     /// Enrollment tokens: create one per agent (or batch) to enroll.
     #[command(subcommand)]
     Tokens(admin::TokensCommand),
-    /// Enrolled agents and their state.
+    /// Enrolled agents: state, health, diagnostics, drain.
     #[command(subcommand)]
     Agents(admin::AgentsCommand),
+    /// Pools: agent counts, version/config pins, rolling restarts.
+    #[command(subcommand)]
+    Pools(pools::PoolsCommand),
+    /// Agent state changes and alerts (stale, offline, disk low, ...).
+    Events(events::EventsArgs),
     /// Connections: named routes (pool + target), optionally with a gateway port.
     #[command(subcommand)]
     Connections(admin::ConnectionsCommand),
@@ -67,6 +75,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tokens(c) => admin::tokens(&cli.connect, cli.output, c).await,
         Command::Agents(c) => admin::agents(&cli.connect, cli.output, c).await,
+        Command::Pools(c) => pools::pools(&cli.connect, cli.output, c).await,
+        Command::Events(args) => events::run(&cli.connect, cli.output, args).await,
         Command::Connections(c) => admin::connections(&cli.connect, cli.output, c).await,
         Command::Keys(c) => keys::keys(&cli.connect, cli.output, c).await,
         Command::Audit { limit } => keys::audit(&cli.connect, cli.output, limit).await,

@@ -122,6 +122,11 @@ pub(crate) fn time(unix_ms: i64) -> String {
     format!("{} ({rel})", utc(ms / 1000))
 }
 
+/// Bytes as "1.5 GiB", "300.0 MiB", "17 B".
+pub(crate) fn bytes(n: u64) -> String {
+    tether::config::format_size(n)
+}
+
 /// A duration as "3s", "5m", "2h", "4d".
 pub(crate) fn human(d: Duration) -> String {
     let s = d.as_secs();

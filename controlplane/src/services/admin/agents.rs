@@ -1,18 +1,18 @@
-//! Agents and pools as operators see them, and revocation.
+//! Agents as operators see them (state, health, drift), and revocation.
 
-use std::collections::BTreeMap;
+use std::{collections::HashMap, sync::Arc};
 
-use tether::proto::{
-    self, AgentState, ListAgentsRequest, ListAgentsResponse, ListPoolsResponse, Pool,
-};
+use tether::proto::{self, AgentState, HealthSample, ListAgentsRequest, ListAgentsResponse};
 use tonic::Status;
 use tracing::{info, warn};
 
 use crate::{
     auth::Principal,
+    commands::CommandFailed,
+    events::{self, Kind, Subject},
     registry::LiveSession,
     state::{Shared, now_ms, store_status},
-    store::AgentRecord,
+    store::{AgentRecord, PoolRecord},
 };
 
 fn state_of(
@@ -26,14 +26,36 @@ fn state_of(
     match live {
         None => AgentState::Offline,
         Some(s) if s.connection.is_closed() => AgentState::Offline,
-        Some(s) if s.is_draining() => AgentState::Draining,
         Some(s) if s.is_stale(interval) => AgentState::Stale,
+        Some(s) if s.is_draining() => AgentState::Draining,
         Some(_) => AgentState::Connected,
     }
 }
 
+/// How the agent differs from its pool's pins, in words (empty: in line).
+pub(super) fn drift(version: &str, config_hash: &str, pins: Option<&PoolRecord>) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(p) = pins else {
+        return out;
+    };
+    if !p.pinned_version.is_empty() && p.pinned_version != version {
+        out.push(format!(
+            "version {version:?} differs from the pool's pinned {:?}: upgrade or downgrade the agent",
+            p.pinned_version
+        ));
+    }
+    if !p.pinned_config_hash.is_empty() && p.pinned_config_hash != config_hash {
+        out.push(format!(
+            "configuration hash {config_hash:?} differs from the pool's pinned {:?}: compare `tetherctl agents config` \
+             with an agent in line, or pin the new hash with `tetherctl pools pin`",
+            p.pinned_config_hash
+        ));
+    }
+    out
+}
+
 /// The stored record merged with the live session, if any.
-pub(super) fn view(state: &Shared, rec: AgentRecord) -> proto::Agent {
+pub(super) fn view(state: &Shared, rec: AgentRecord, pins: Option<&PoolRecord>) -> proto::Agent {
     let live = state.registry.get(&rec.agent_id);
     let agent_state = state_of(&rec, live.as_deref(), state.config.heartbeat_interval);
     let mut a = proto::Agent {
@@ -52,9 +74,14 @@ pub(super) fn view(state: &Shared, rec: AgentRecord) -> proto::Agent {
         rtt_us: rec.rtt_us,
         clock_skew_ms: rec.clock_skew_ms,
         certificate_not_after_unix_ms: rec.cert_not_after_ms,
-        config_hash: rec.config_hash,
         ..proto::Agent::default()
     };
+    let (version, hash) = (&a.version, &rec.config_hash);
+    // Only agents that report count as drifted: an offline agent's record
+    // may predate the pin.
+    a.drift = !matches!(agent_state, AgentState::Offline | AgentState::Revoked)
+        && !drift(version, hash, pins).is_empty();
+    a.config_hash = rec.config_hash;
     if let Some(s) =
         live.filter(|_| !matches!(agent_state, AgentState::Offline | AgentState::Revoked))
     {
@@ -84,10 +111,14 @@ pub(super) async fn list(
         .list_agents(&who.org_id)
         .await
         .map_err(|e| store_status("listing agents", e))?;
+    let pins = pins_of(state, &who.org_id).await?;
     let agents = records
         .into_iter()
         .filter(|a| filter.pool.is_empty() || a.pool == filter.pool)
-        .map(|a| view(state, a))
+        .map(|a| {
+            let p = pins.get(&a.pool);
+            view(state, a, p)
+        })
         .filter(|a| filter.state == 0 || a.state == filter.state)
         .collect();
     Ok(ListAgentsResponse { agents })
@@ -109,31 +140,95 @@ pub(super) async fn get(state: &Shared, who: &Principal, id: &str) -> Result<Age
         })
 }
 
-pub(super) async fn pools(state: &Shared, who: &Principal) -> Result<ListPoolsResponse, Status> {
-    let records = state
+/// The org's pool pins by pool name.
+pub(super) async fn pins_of(
+    state: &Shared,
+    org_id: &str,
+) -> Result<HashMap<String, PoolRecord>, Status> {
+    Ok(state
         .store
-        .list_agents(&who.org_id)
+        .list_pools(org_id)
         .await
-        .map_err(|e| store_status("listing agents", e))?;
-    let mut pools: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-    for rec in records {
-        let v = view(state, rec);
-        let entry = pools.entry(v.pool).or_default();
-        entry.0 += 1;
-        if v.state == AgentState::Connected as i32 {
-            entry.1 += 1;
-        }
-    }
-    let pools = pools
+        .map_err(|e| store_status("reading pool pins", e))?
         .into_iter()
-        .map(|(name, (agents, ready))| Pool {
-            name,
-            agents,
-            ready_agents: ready,
-            ..Pool::default()
+        .map(|p| (p.name.clone(), p))
+        .collect())
+}
+
+/// One pool's pins, if any.
+pub(super) async fn pins_for(
+    state: &Shared,
+    org_id: &str,
+    pool: &str,
+) -> Result<Option<PoolRecord>, Status> {
+    state
+        .store
+        .get_pool(org_id, pool)
+        .await
+        .map_err(|e| store_status("reading pool pins", e))
+}
+
+/// An agent with its recent health history (GetAgent).
+pub(super) async fn detail(state: &Shared, rec: AgentRecord) -> Result<proto::Agent, Status> {
+    let pins = pins_for(state, &rec.org_id, &rec.pool).await?;
+    let samples = state
+        .store
+        .list_health_samples(&rec.agent_id, state.config.health_history_samples)
+        .await
+        .map_err(|e| store_status("reading the health history", e))?;
+    let mut a = view(state, rec, pins.as_ref());
+    a.history = samples
+        .into_iter()
+        .filter_map(|(_, bytes)| prost::Message::decode(bytes.as_slice()).ok())
+        .collect::<Vec<HealthSample>>();
+    if a.health.is_none() {
+        a.health = a.history.last().cloned();
+    }
+    Ok(a)
+}
+
+/// The agent's live session, or a FAILED_PRECONDITION that says it is
+/// offline and since when.
+pub(super) fn live(state: &Shared, rec: &AgentRecord) -> Result<Arc<LiveSession>, Status> {
+    if rec.revoked_ms != 0 {
+        return Err(Status::failed_precondition(format!(
+            "agent {} is revoked; it has no session",
+            rec.agent_id
+        )));
+    }
+    state
+        .registry
+        .get(&rec.agent_id)
+        .filter(|s| !s.connection.is_closed())
+        .ok_or_else(|| {
+            let seen = if rec.last_heartbeat_ms > 0 {
+                format!(
+                    "last heartbeat {} s ago",
+                    now_ms().saturating_sub(rec.last_heartbeat_ms) / 1000
+                )
+            } else {
+                "never connected".to_owned()
+            };
+            Status::failed_precondition(format!(
+                "agent {} is offline ({seen}); commands run on the agent, so start it (or pick another: \
+                 `tetherctl agents list --pool {}`)",
+                rec.agent_id, rec.pool
+            ))
         })
-        .collect();
-    Ok(ListPoolsResponse { pools })
+}
+
+/// A failed command as a status the caller can act on.
+pub(super) fn command_status(agent_id: &str, e: CommandFailed) -> Status {
+    let msg = format!("agent {agent_id}: {e}");
+    match e {
+        CommandFailed::Busy => Status::resource_exhausted(msg),
+        CommandFailed::NotSent | CommandFailed::SessionEnded => Status::unavailable(msg),
+        CommandFailed::Timeout(_) => Status::deadline_exceeded(msg),
+        CommandFailed::Agent { ref code, .. } if code == "unsupported" => {
+            Status::unimplemented(msg)
+        }
+        CommandFailed::Agent { .. } => Status::failed_precondition(msg),
+    }
 }
 
 /// Revokes an agent: stored first (so that it survives a restart and a
@@ -158,5 +253,16 @@ pub(super) async fn revoke(
         info!(agent_id = %id, session_id = %live.session_id, "revoked agent's session cut");
     }
     warn!(agent_id = %id, key_id = %who.key_id, %reason, "agent revoked");
-    Ok(view(state, rec))
+    let subject = Subject {
+        org_id: rec.org_id.clone(),
+        agent_id: rec.agent_id.clone(),
+        pool: rec.pool.clone(),
+    };
+    let detail = if reason.is_empty() {
+        format!("revoked by key {}", who.key_id)
+    } else {
+        format!("revoked by key {}: {reason}", who.key_id)
+    };
+    events::emit(state, &subject, Kind::Revoked, detail).await;
+    Ok(view(state, rec, None))
 }

@@ -3,13 +3,17 @@
 //! Every call needs an API key whose role allows it (viewer reads, operator
 //! changes agents, tokens and connections, admin also keys and the audit
 //! log) and is scoped to the key's org: objects of other orgs are neither
-//! listed nor reachable (NOT_FOUND). Changing calls and refusals are written
-//! to the audit log. Calls that belong to later work (jobs, diagnostics,
-//! drain) answer UNIMPLEMENTED with a message saying so.
+//! listed nor reachable (NOT_FOUND). Changing calls, commands run on agents
+//! and refusals are written to the audit log. Calls that belong to later
+//! work (jobs) answer UNIMPLEMENTED with a message saying so.
 
 mod agents;
 mod connections;
+mod diagnostics;
+mod drain;
+mod events;
 mod keys;
+mod pools;
 mod tokens;
 pub mod validate;
 
@@ -21,11 +25,12 @@ use tether::proto::{
     GetJobLogsResponse, GetJobRequest, GetServerInfoRequest, Job, ListAgentsRequest,
     ListAgentsResponse, ListApiKeysRequest, ListApiKeysResponse, ListAuditEventsRequest,
     ListAuditEventsResponse, ListConnectionsRequest, ListConnectionsResponse,
-    ListEnrollmentTokensRequest, ListEnrollmentTokensResponse, ListJobsRequest, ListJobsResponse,
-    ListPoolsRequest, ListPoolsResponse, LogsResult, Pool, ProbeAgentRequest, ProbeResult,
-    RecyclePoolRequest, RecyclePoolResponse, RevokeAgentRequest, RevokeApiKeyRequest,
-    RevokeEnrollmentTokenRequest, ServerInfo, SubmitJobRequest, UndrainAgentRequest,
-    UpdatePoolRequest, admin_server::Admin,
+    ListEnrollmentTokensRequest, ListEnrollmentTokensResponse, ListEventsRequest,
+    ListEventsResponse, ListJobsRequest, ListJobsResponse, ListPoolsRequest, ListPoolsResponse,
+    LogsResult, Pool, ProbeAgentRequest, ProbeResult, RecyclePoolRequest, RecyclePoolResponse,
+    RevokeAgentRequest, RevokeApiKeyRequest, RevokeEnrollmentTokenRequest, ServerInfo,
+    SubmitJobRequest, UndrainAgentRequest, UpdatePoolRequest, WatchEventsRequest,
+    admin_server::Admin,
 };
 use tonic::{Request, Response, Status};
 
@@ -88,23 +93,31 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::Agent>, Status> {
         let who = authorize(&self.state, &req, Need::Read, "GetAgent").await?;
         let rec = agents::get(&self.state, &who, &req.into_inner().agent_id).await?;
-        Ok(Response::new(agents::view(&self.state, rec)))
+        agents::detail(&self.state, rec).await.map(Response::new)
     }
 
     async fn drain_agent(
         &self,
         req: Request<DrainAgentRequest>,
     ) -> Result<Response<DrainAgentResponse>, Status> {
-        authorize(&self.state, &req, Need::Operate, "DrainAgent").await?;
-        Err(later("draining an agent"))
+        let who = authorize(&self.state, &req, Need::Operate, "DrainAgent").await?;
+        let id = req.get_ref().agent_id.clone();
+        let result = drain::drain(&self.state, &who, req.into_inner()).await;
+        audit::outcome(&self.state, &who, "DrainAgent", &id, result)
+            .await
+            .map(Response::new)
     }
 
     async fn undrain_agent(
         &self,
         req: Request<UndrainAgentRequest>,
     ) -> Result<Response<proto::Agent>, Status> {
-        authorize(&self.state, &req, Need::Operate, "UndrainAgent").await?;
-        Err(later("undraining an agent"))
+        let who = authorize(&self.state, &req, Need::Operate, "UndrainAgent").await?;
+        let id = req.into_inner().agent_id;
+        let result = drain::undrain(&self.state, &who, &id).await;
+        audit::outcome(&self.state, &who, "UndrainAgent", &id, result)
+            .await
+            .map(Response::new)
     }
 
     async fn revoke_agent(
@@ -142,24 +155,38 @@ impl Admin for AdminService {
         &self,
         req: Request<ProbeAgentRequest>,
     ) -> Result<Response<ProbeResult>, Status> {
-        authorize(&self.state, &req, Need::Operate, "ProbeAgent").await?;
-        Err(later("probing from an agent"))
+        let who = authorize(&self.state, &req, Need::Operate, "ProbeAgent").await?;
+        let r = req.into_inner();
+        let target = match &r.probe {
+            Some(p) => format!("{} {}:{}", r.agent_id, p.host, p.port),
+            None => r.agent_id.clone(),
+        };
+        let result = diagnostics::probe(&self.state, &who, r).await;
+        audit::outcome(&self.state, &who, "ProbeAgent", &target, result)
+            .await
+            .map(Response::new)
     }
 
     async fn get_agent_logs(
         &self,
         req: Request<GetAgentLogsRequest>,
     ) -> Result<Response<LogsResult>, Status> {
-        authorize(&self.state, &req, Need::Operate, "GetAgentLogs").await?;
-        Err(later("fetching agent logs"))
+        let who = authorize(&self.state, &req, Need::Operate, "GetAgentLogs").await?;
+        let id = req.get_ref().agent_id.clone();
+        let result = diagnostics::logs(&self.state, &who, req.into_inner()).await;
+        audit::outcome(&self.state, &who, "GetAgentLogs", &id, result)
+            .await
+            .map(Response::new)
     }
 
     async fn get_agent_config(
         &self,
         req: Request<GetAgentConfigRequest>,
     ) -> Result<Response<proto::AgentConfig>, Status> {
-        authorize(&self.state, &req, Need::Read, "GetAgentConfig").await?;
-        Err(later("fetching an agent's configuration"))
+        let who = authorize(&self.state, &req, Need::Read, "GetAgentConfig").await?;
+        diagnostics::config(&self.state, &who, &req.into_inner().agent_id)
+            .await
+            .map(Response::new)
     }
 
     async fn list_pools(
@@ -167,20 +194,28 @@ impl Admin for AdminService {
         req: Request<ListPoolsRequest>,
     ) -> Result<Response<ListPoolsResponse>, Status> {
         let who = authorize(&self.state, &req, Need::Read, "ListPools").await?;
-        agents::pools(&self.state, &who).await.map(Response::new)
+        pools::list(&self.state, &who).await.map(Response::new)
     }
 
     async fn update_pool(&self, req: Request<UpdatePoolRequest>) -> Result<Response<Pool>, Status> {
-        authorize(&self.state, &req, Need::Operate, "UpdatePool").await?;
-        Err(later("pinning a pool's version and configuration"))
+        let who = authorize(&self.state, &req, Need::Operate, "UpdatePool").await?;
+        let name = req.get_ref().name.clone();
+        let result = pools::update(&self.state, &who, req.into_inner()).await;
+        audit::outcome(&self.state, &who, "UpdatePool", &name, result)
+            .await
+            .map(Response::new)
     }
 
     async fn recycle_pool(
         &self,
         req: Request<RecyclePoolRequest>,
     ) -> Result<Response<RecyclePoolResponse>, Status> {
-        authorize(&self.state, &req, Need::Operate, "RecyclePool").await?;
-        Err(later("recycling a pool"))
+        let who = authorize(&self.state, &req, Need::Operate, "RecyclePool").await?;
+        let pool = req.get_ref().pool.clone();
+        let result = drain::recycle(&self.state, &who, req.into_inner()).await;
+        audit::outcome(&self.state, &who, "RecyclePool", &pool, result)
+            .await
+            .map(Response::new)
     }
 
     async fn create_enrollment_token(
@@ -306,6 +341,28 @@ impl Admin for AdminService {
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
         let who = authorize(&self.state, &req, Need::Admin, "ListAuditEvents").await?;
         keys::audit(&self.state, &who, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_events(
+        &self,
+        req: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
+        let who = authorize(&self.state, &req, Need::Read, "ListEvents").await?;
+        events::list(&self.state, &who, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type WatchEventsStream = events::EventStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let who = authorize(&self.state, &req, Need::Read, "WatchEvents").await?;
+        events::watch(&self.state, &who, req.into_inner())
             .await
             .map(Response::new)
     }
