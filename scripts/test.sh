@@ -42,7 +42,17 @@ fi
 step "cargo build --workspace --bins"
 cargo build --workspace --bins --locked
 
-step "cargo test --workspace"
+step "cargo test --workspace (store: SQLite; the store's own tests also run on PostgreSQL)"
 cargo test --workspace --locked
+
+# The end-to-end suite again with every control plane on PostgreSQL: one
+# database for this run (a schema per control plane inside it), dropped
+# afterwards whatever happens.
+pg_db="tether_e2e_$$"
+pg_server="${TETHER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
+step "end-to-end tests on PostgreSQL (database $pg_db)"
+psql "$pg_server/postgres" -qc "CREATE DATABASE $pg_db"
+trap 'psql "$pg_server/postgres" -qc "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" || true' EXIT
+TETHER_TEST_STORE=postgres TETHER_TEST_PG_DATABASE="$pg_db" cargo test -p tether --tests --locked
 
 step "all tests passed"

@@ -37,7 +37,17 @@ async fn checksum_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        // Bounded by the test's connection count; an accept error (a
+        // connection aborted in the queue, a full fd table) is survived, not
+        // the end of the server, which would reset every queued connection.
+        for _ in 0..10_000 {
+            let mut s = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    eprintln!("checksum server: accept failed: {e}");
+                    continue;
+                }
+            };
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 s.read_to_end(&mut got).await.unwrap();

@@ -59,6 +59,7 @@ async fn event_kinds(cp: &ControlPlane, agent: &str) -> Vec<String> {
             after_id: 0,
             limit: 1000,
             agent_id: agent.to_owned(),
+            newest: false,
         })
         .await
         .unwrap()

@@ -333,6 +333,7 @@ async fn clock_skew_is_reported_with_the_offset_and_the_fix() {
             after_id: 0,
             limit: 100,
             agent_id: raw.agent_id.clone(),
+            newest: false,
         })
         .await
         .unwrap()

@@ -116,7 +116,8 @@ async fn no_secret_leaks_anywhere_in_a_full_run() {
     }
 
     // Everything produced: logs of all processes, metrics, the audit log,
-    // and the store's files (database and write-ahead log).
+    // and the store (SQLite's database and write-ahead log, or a dump of
+    // the PostgreSQL schema).
     let audit = format!(
         "{:?}",
         cp.admin()
@@ -129,18 +130,7 @@ async fn no_secret_leaks_anywhere_in_a_full_run() {
             .into_inner()
     );
     let metrics = cp.metrics().await;
-    let mut store = Vec::new();
-    for f in std::fs::read_dir(&cp.data_dir).unwrap() {
-        let p = f.unwrap().path();
-        if p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("tether.db")
-        {
-            store.extend(std::fs::read(&p).unwrap());
-        }
-    }
-    let store = String::from_utf8_lossy(&store).into_owned();
+    let store = support::store_contents(&cp.data_dir).await;
     let places = [
         ("control plane log", cp.logs.text()),
         ("agent log", agent.logs.text()),

@@ -71,7 +71,7 @@ pub struct Args {
     #[arg(long = "label", env = "TETHER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
     /// Free space the workspace (state_dir) must keep; below it the agent
-    /// takes no new channels or jobs and reports disk_low [default: 256MiB].
+    /// takes no new channels or jobs and reports disk_low [default: 64MiB].
     #[arg(long, env = "TETHER_MIN_DISK_FREE")]
     pub min_disk_free: Option<String>,
     /// Free inodes the workspace must keep; below it the agent takes no new

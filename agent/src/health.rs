@@ -28,7 +28,7 @@ pub struct Thresholds {
 impl Default for Thresholds {
     fn default() -> Self {
         Self {
-            min_disk_free: 256 << 20,
+            min_disk_free: 64 << 20,
             min_inodes_free: 1000,
         }
     }

@@ -75,6 +75,13 @@ pub enum AgentError {
     Identity(#[from] IdentityError),
 }
 
+impl AgentError {
+    /// Whether the configuration must change before a retry can succeed.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, AgentError::Identity(IdentityError::NoToken))
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

@@ -40,7 +40,13 @@ async fn main() -> ExitCode {
         Ok(Err(e)) => {
             tracing::error!(error = %e, "agent stopped");
             eprintln!("tether-agent: {e}");
-            ExitCode::FAILURE
+            // A missing join token is a configuration error: a restart
+            // cannot fix it (systemd: RestartPreventExitStatus=2).
+            if e.is_configuration() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("tether-agent: the agent task failed: {e}");

@@ -209,7 +209,7 @@ pub async fn run(
     let mut renewal: Option<tokio::task::JoinHandle<Result<Enrolled, IdentityError>>> = None;
     let mut restarting = false;
     if let Some(w) = &ctx.watchdog {
-        w.arm();
+        w.arm(interval * 3 + Duration::from_secs(10));
     }
     // Everything the session does is in a span with its ids, so that log
     // lines (and the recent-log buffer) say which session they belong to.

@@ -18,12 +18,15 @@ use std::{
 #[derive(Debug, Clone)]
 pub struct Watchdog {
     inner: Arc<Inner>,
+    configured_ms: u64,
 }
 
 #[derive(Debug)]
 struct Inner {
     start: Instant,
     last_beat_ms: AtomicU64,
+    /// The limit of the current arming, at least the configured one.
+    limit_ms: AtomicU64,
     armed: AtomicBool,
 }
 
@@ -41,6 +44,7 @@ impl Watchdog {
         let inner = Arc::new(Inner {
             start: Instant::now(),
             last_beat_ms: AtomicU64::new(0),
+            limit_ms: AtomicU64::new(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)),
             armed: AtomicBool::new(false),
         });
         // Weak: the thread ends once every handle is gone.
@@ -58,6 +62,7 @@ impl Watchdog {
                         continue;
                     }
                     let silent = watched.since_beat();
+                    let limit = Duration::from_millis(watched.limit_ms.load(Ordering::Relaxed));
                     if silent > limit {
                         on_stuck(silent);
                         return;
@@ -65,7 +70,10 @@ impl Watchdog {
                 }
             })
             .ok()?;
-        Some(Self { inner })
+        Some(Self {
+            inner,
+            configured_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        })
     }
 
     /// The loop made progress.
@@ -75,9 +83,15 @@ impl Watchdog {
             .store(self.inner.now_ms(), Ordering::Relaxed);
     }
 
-    /// Watch from now on (a session loop started).
-    pub fn arm(&self) {
+    /// Watch from now on (a session loop started) with a limit of at least
+    /// `at_least`: an idle loop wakes only once per heartbeat interval, so a
+    /// limit shorter than a few intervals would fire on a healthy agent.
+    pub fn arm(&self, at_least: Duration) {
         self.beat();
+        let at_least = u64::try_from(at_least.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .limit_ms
+            .store(self.configured_ms.max(at_least), Ordering::Relaxed);
         self.inner.armed.store(true, Ordering::Relaxed);
     }
 
@@ -113,7 +127,7 @@ mod tests {
             let _ = tx.send(silent);
         })
         .unwrap();
-        dog.arm();
+        dog.arm(Duration::ZERO);
         let silent = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("the watchdog fires within the bound");
@@ -131,7 +145,7 @@ mod tests {
         // driven by the test's own loop, bounded in count.
         for i in 0..40 {
             if i == 20 {
-                dog.arm();
+                dog.arm(Duration::ZERO);
             }
             dog.beat();
             assert!(

@@ -25,6 +25,11 @@ pub struct Args {
     /// Where the store, the CA and the bootstrap admin key live [default: tether-data].
     #[arg(long, env = "TETHER_DATA_DIR")]
     pub data_dir: Option<String>,
+    /// The store: `sqlite` (a file in data_dir) or a PostgreSQL URL,
+    /// postgres://user:password@host:5432/db, for several replicas
+    /// [default: sqlite].
+    #[arg(long, env = "TETHER_STORE")]
+    pub store: Option<String>,
     /// gRPC over TLS for agents, Admin and Dial [default: 0.0.0.0:8443].
     #[arg(long, env = "TETHER_LISTEN")]
     pub listen: Option<String>,
@@ -109,6 +114,8 @@ pub struct Args {
 pub struct Config {
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Which store.
+    pub store: StoreSetting,
     /// gRPC listen address.
     pub listen: SocketAddr,
     /// Ops HTTP listen address.
@@ -168,6 +175,13 @@ impl Config {
     /// Validates settings from any layers (tests build them directly).
     pub fn from_layers(l: &Layers) -> Result<Self, ConfigError> {
         let data_dir = PathBuf::from(l.parse::<String>("data_dir", "tether-data".into())?);
+        let store = match l.text("store")? {
+            None => StoreSetting::Sqlite,
+            Some(v) => StoreSetting::parse(&v.value).map_err(|why| {
+                // Never echo the URL: it may hold a password.
+                l.invalid("store", StoreSetting::shown(&v.value), v.source, why)
+            })?,
+        };
         let listen = l.parse_with("listen", SocketAddr::from(([0, 0, 0, 0], 8443)), parse_addr)?;
         let ops_listen = l.parse_with(
             "ops_listen",
@@ -291,6 +305,7 @@ impl Config {
                 .ok_or_else(|| "expected a number from 1 to 10000".to_owned())
         })?;
         Ok(Self {
+            store,
             alert_webhook,
             alert_certificate_expiry: l
                 .duration("alert_certificate_expiry", Duration::from_secs(2 * 86_400))?,
@@ -339,6 +354,49 @@ impl Config {
             log_level: l.parse_with("log_level", "info".to_owned(), logging::parse_filter)?,
             tunnel: tether_tunnel::Config::default(),
         })
+    }
+}
+
+/// The store backend.
+#[derive(Clone, Debug)]
+pub enum StoreSetting {
+    /// `tether.db` in the data directory.
+    Sqlite,
+    /// A PostgreSQL URL (a secret: it may hold a password).
+    Postgres(secrecy::SecretString),
+}
+
+impl StoreSetting {
+    fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "sqlite" {
+            return Ok(Self::Sqlite);
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            let rest = s.split_once("://").map_or("", |(_, r)| r);
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            if host.is_empty() || host.starts_with('/') {
+                return Err(
+                    "the URL has no host; write postgres://user:password@host:5432/db".into(),
+                );
+            }
+            return Ok(Self::Postgres(secrecy::SecretString::from(s.to_owned())));
+        }
+        Err("expected sqlite or a URL postgres://user:password@host:5432/db".into())
+    }
+
+    /// The value with any password masked, for messages.
+    pub fn shown(s: &str) -> String {
+        match s.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split_once(':').map_or(user, |(u, _)| u);
+                    format!("{scheme}://{user}:[redacted]@{host}")
+                }
+                None => s.to_owned(),
+            },
+            None => s.to_owned(),
+        }
     }
 }
 

@@ -50,6 +50,7 @@ use tracing::{error, info, warn};
 pub use crate::config::Config;
 use crate::{
     auth::DEFAULT_ORG,
+    config::StoreSetting,
     gateway::Gateways,
     identity::{Authority, ca::write_private, secrets},
     metrics::Metrics,
@@ -59,7 +60,7 @@ use crate::{
         tunnel::TunnelService,
     },
     state::{Shared, State, now_ms},
-    store::{ApiKeyRecord, SqliteStore, Store},
+    store::{ApiKeyRecord, SqlStore, Store},
 };
 
 /// Why the control plane could not start.
@@ -79,6 +80,12 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] store::StoreError),
+    /// PostgreSQL could not be reached or migrated.
+    #[error(
+        "cannot open the PostgreSQL store: {0}; check the store URL (host, port, database, user, password, \
+         sslmode) and that PostgreSQL accepts connections from this host"
+    )]
+    Postgres(String),
     /// The CA or server certificate could not be loaded or made.
     #[error(transparent)]
     Identity(#[from] identity::CaError),
@@ -221,8 +228,19 @@ pub async fn run(
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), StartError> {
     create_data_dir(&config.data_dir)?;
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&config.data_dir.join("tether.db")).await?);
+    let store: Arc<dyn Store> = match &config.store {
+        StoreSetting::Sqlite => {
+            Arc::new(SqlStore::open_sqlite(&config.data_dir.join("tether.db")).await?)
+        }
+        StoreSetting::Postgres(url) => {
+            use secrecy::ExposeSecret;
+            Arc::new(
+                SqlStore::open_postgres(url.expose_secret())
+                    .await
+                    .map_err(|e| StartError::Postgres(e.to_string()))?,
+            )
+        }
+    };
     let authority = Authority::load(
         &config.data_dir,
         config.ca_files.as_ref(),

@@ -1,8 +1,9 @@
 //! Watches this replica's agents and turns changes into events: connected,
-//! stale (no heartbeat for three intervals), recovered, draining,
-//! undrained, offline (gone for longer than a grace period, so a quick
-//! restart or reconnect does not page anyone), and the alerts read from
-//! health samples: clock skew, certificate expiring, workspace problems.
+//! stale (no heartbeat for three intervals), recovered, offline (gone for
+//! longer than a grace period, so a quick restart or reconnect does not
+//! page anyone), and the alerts read from health samples: clock skew,
+//! certificate expiring, workspace problems. (Drain and undrain are told
+//! where they happen, in the Admin calls.)
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -22,7 +23,6 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 enum Seen {
     Connected,
     Stale,
-    Draining,
 }
 
 /// What the watcher last saw of an agent.
@@ -38,11 +38,8 @@ struct Tracked {
 }
 
 fn seen_of(s: &LiveSession, interval: Duration) -> Seen {
-    // Stale first: a drained agent that stops answering is still news.
     if s.is_stale(interval) {
         Seen::Stale
-    } else if s.is_draining() {
-        Seen::Draining
     } else {
         Seen::Connected
     }
@@ -183,12 +180,7 @@ async fn transition(state: &Shared, t: &mut Tracked, seen: Seen, interval: Durat
                 t.subject.agent_id
             ),
         ),
-        (Seen::Stale, _) => (Kind::Recovered, "heartbeats arrive again".to_owned()),
-        (_, Seen::Draining) => (
-            Kind::Draining,
-            "drained: takes no new channels or jobs".to_owned(),
-        ),
-        (_, Seen::Connected) => (Kind::Undrained, "takes channels and jobs again".to_owned()),
+        (_, Seen::Connected) => (Kind::Recovered, "heartbeats arrive again".to_owned()),
     };
     events::emit(state, &t.subject, kind, detail).await;
 }

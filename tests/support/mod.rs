@@ -165,6 +165,70 @@ fn spawn(mut cmd: Command) -> (Child, Logs) {
     (child, logs)
 }
 
+/// Which store the control planes of this test run use: SQLite in the data
+/// directory (the default), or with `TETHER_TEST_STORE=postgres` a schema
+/// of its own per data directory in the run's database
+/// (`TETHER_TEST_PG_DATABASE`, which scripts/test.sh creates and drops), so
+/// that a restart on the same directory finds its data again.
+pub async fn store_url(data_dir: &Path) -> Option<String> {
+    match std::env::var("TETHER_TEST_STORE").as_deref() {
+        Err(_) | Ok("" | "sqlite") => return None,
+        Ok("postgres") => {}
+        Ok(other) => panic!("TETHER_TEST_STORE={other:?}: use sqlite or postgres"),
+    }
+    let db = std::env::var("TETHER_TEST_PG_DATABASE").expect(
+        "TETHER_TEST_STORE=postgres needs TETHER_TEST_PG_DATABASE (a database for this run; scripts/test.sh creates one)",
+    );
+    let server = std::env::var("TETHER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        data_dir.as_os_str().as_encoded_bytes(),
+    );
+    let schema = format!("t_{}", &hex::encode(digest.as_ref())[..16]);
+    let url = format!("{server}/{db}");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .await
+        .unwrap();
+    Some(format!("{url}?options[search_path]={schema}"))
+}
+
+/// Everything the store of `data_dir` holds, as text: the SQLite files, or
+/// the PostgreSQL schema dumped by the real `pg_dump`.
+pub async fn store_contents(data_dir: &Path) -> String {
+    let Some(url) = store_url(data_dir).await else {
+        let mut bytes = Vec::new();
+        for f in std::fs::read_dir(data_dir).unwrap() {
+            let p = f.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("tether.db")
+            {
+                bytes.extend(std::fs::read(&p).unwrap());
+            }
+        }
+        return String::from_utf8_lossy(&bytes).into_owned();
+    };
+    let (db, schema) = url.split_once("?options[search_path]=").unwrap();
+    let out = Command::new("pg_dump")
+        .args(["--data-only", "--schema", schema, "--dbname", db])
+        .output()
+        .await
+        .expect("pg_dump (postgresql-client) is installed by scripts/install-test-deps.sh");
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A running control plane.
 pub struct ControlPlane {
     pub child: Child,
@@ -181,6 +245,9 @@ impl ControlPlane {
     /// (port 0 for any), heartbeats every 200 ms.
     pub async fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(binary("tether-controlplane"));
+        if let Some(url) = store_url(data_dir).await {
+            cmd.env("TETHER_STORE", url);
+        }
         cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", listen, "--ops-listen", "127.0.0.1:0"])

@@ -163,7 +163,7 @@ validate.yaml runs them on every render.
 {{- define "tether.validate" -}}
 {{- $cp := .Values.controlplane }}
 {{- if and $cp.enabled (gt (int $cp.replicas) 1) (not $cp.store.postgres.enabled) }}
-{{- fail (printf "controlplane.replicas is %d, but the embedded SQLite store serves one replica only: set controlplane.replicas=1, or controlplane.store.postgres.enabled=true (needs a control plane version with PostgreSQL support, issue 6)" (int $cp.replicas)) }}
+{{- fail (printf "controlplane.replicas is %d, but the embedded SQLite store serves one replica only: set controlplane.replicas=1, or controlplane.store.postgres.enabled=true" (int $cp.replicas)) }}
 {{- end }}
 {{- if and $cp.enabled $cp.store.postgres.enabled (eq $cp.tls.mode "generated") }}
 {{- fail "controlplane.store.postgres.enabled needs a CA that every replica shares, but controlplane.tls.mode=generated keeps it in one replica's data directory: set controlplane.tls.mode to certManager or existingSecret" }}

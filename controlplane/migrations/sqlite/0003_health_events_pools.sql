@@ -14,6 +14,7 @@ CREATE TABLE pools (
 
 -- Protobuf-encoded HealthSample, a bounded number per agent.
 CREATE TABLE health_samples (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     agent_id    TEXT NOT NULL,
     time_ms     INTEGER NOT NULL,
     sample      BLOB NOT NULL

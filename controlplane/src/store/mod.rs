@@ -1,15 +1,17 @@
-//! The control plane's durable state behind one trait, so that backends can
-//! be swapped: SQLite (the embedded default, zero setup) now, PostgreSQL
-//! for several replicas next. Times are integer Unix milliseconds, 0 means
-//! "never"; secrets are stored only as SHA-256 hashes (invariant 6).
+//! The control plane's durable state behind one trait, on two backends:
+//! SQLite (the embedded default, zero setup) and PostgreSQL (several
+//! replicas). Times are integer Unix milliseconds, 0 means "never"; secrets
+//! are stored only as SHA-256 hashes (invariant 6).
 
-mod sqlite;
+mod sql;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-pub use self::sqlite::SqliteStore;
+pub use self::sql::{Backend, SqlStore};
 
 /// An enrollment token (the secret only as its hash).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,14 +307,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an event; returns its id.
     async fn insert_event(&self, event: &EventRecord) -> Result<u64, StoreError>;
-    /// An org's events with an id above `after_id`, oldest first, optionally
-    /// of one agent.
+    /// An org's events with an id above `after_id`, optionally of one
+    /// agent: the oldest `limit` of them, or with `newest` the newest; in
+    /// both cases oldest first.
     async fn list_events(
         &self,
         org_id: &str,
         after_id: u64,
         agent_id: Option<&str>,
         limit: u32,
+        newest: bool,
     ) -> Result<Vec<EventRecord>, StoreError>;
     /// The id of the org's newest event (0 = none).
     async fn last_event_id(&self, org_id: &str) -> Result<u64, StoreError>;

@@ -18,11 +18,11 @@ pub(crate) struct EventsArgs {
     /// Only events of this agent.
     #[arg(long, default_value = "")]
     agent: String,
-    /// Only events after this id (to resume).
-    #[arg(long, default_value_t = 0)]
-    after: u64,
-    /// At most this many stored events (oldest first).
-    #[arg(long, default_value_t = 100)]
+    /// Only events after this id (to resume); then the oldest first.
+    #[arg(long)]
+    after: Option<u64>,
+    /// How many stored events: the newest, or with --after the next ones.
+    #[arg(long, default_value_t = 50)]
     limit: u32,
 }
 
@@ -57,15 +57,16 @@ pub(crate) async fn run(c: &ConnectArgs, format: Format, a: EventsArgs) -> anyho
     let mut admin = c.admin()?;
     let stored = admin
         .list_events(ListEventsRequest {
-            after_id: a.after,
+            after_id: a.after.unwrap_or(0),
             limit: a.limit,
             agent_id: a.agent.clone(),
+            newest: a.after.is_none(),
         })
         .await
         .map_err(|s| status("listing events", s))?
         .into_inner()
         .events;
-    let mut last = a.after;
+    let mut last = a.after.unwrap_or(0);
     for e in &stored {
         print(format, e);
         last = e.id;
@@ -76,7 +77,8 @@ pub(crate) async fn run(c: &ConnectArgs, format: Format, a: EventsArgs) -> anyho
         }
         return Ok(());
     }
-    // Resume right after what was printed; 0 means "from now on".
+    // Resume right after what was printed (nothing printed: from the newest
+    // stored on, which the server takes 0 to mean).
     let mut stream = admin
         .watch_events(WatchEventsRequest {
             after_id: last,

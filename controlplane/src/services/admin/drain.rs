@@ -19,6 +19,7 @@ use super::{agents, validate};
 use crate::{
     auth::Principal,
     commands::CommandFailed,
+    events::{self, Kind, Subject},
     registry::LiveSession,
     state::{Shared, now_ms, store_status},
     store::AgentRecord,
@@ -42,14 +43,36 @@ fn wait_of(ms: u32, default: Duration, max: Duration) -> Duration {
     }
 }
 
+/// Stores (or clears) the drain mark; a change is an event, told here and
+/// not left to the watcher, which could miss a drain shorter than its scan.
 async fn mark(state: &Shared, rec: &AgentRecord, drained: bool) -> Result<AgentRecord, Status> {
     let at = if drained { now_ms().max(1) } else { 0 };
-    state
+    let before = state
+        .store
+        .get_agent(&rec.agent_id)
+        .await
+        .map_err(|e| store_status("reading the agent", e))?
+        .is_some_and(|a| a.drained_ms != 0);
+    let after = state
         .store
         .set_agent_drained(&rec.org_id, &rec.agent_id, at)
         .await
         .map_err(|e| store_status("saving the drain mark", e))?
-        .ok_or_else(|| Status::not_found(format!("no agent {:?}", rec.agent_id)))
+        .ok_or_else(|| Status::not_found(format!("no agent {:?}", rec.agent_id)))?;
+    if before != drained {
+        let subject = Subject {
+            org_id: after.org_id.clone(),
+            agent_id: after.agent_id.clone(),
+            pool: after.pool.clone(),
+        };
+        let (kind, detail) = if drained {
+            (Kind::Draining, "drained: takes no new channels or jobs")
+        } else {
+            (Kind::Undrained, "undrained: takes channels and jobs again")
+        };
+        events::emit(state, &subject, kind, detail.into()).await;
+    }
+    Ok(after)
 }
 
 /// Drains a live session and waits for its channels.

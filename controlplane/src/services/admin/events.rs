@@ -56,7 +56,13 @@ pub(super) async fn list(
     };
     let events = state
         .store
-        .list_events(&who.org_id, r.after_id, agent_filter(&r.agent_id)?, limit)
+        .list_events(
+            &who.org_id,
+            r.after_id,
+            agent_filter(&r.agent_id)?,
+            limit,
+            r.newest,
+        )
         .await
         .map_err(|e| store_status("listing events", e))?;
     Ok(ListEventsResponse {
@@ -91,7 +97,7 @@ pub(super) async fn watch(
         loop {
             let page = match state
                 .store
-                .list_events(&org, last, agent.as_deref(), DEFAULT_LIMIT)
+                .list_events(&org, last, agent.as_deref(), DEFAULT_LIMIT, false)
                 .await
             {
                 Ok(p) => p,

@@ -1,17 +1,21 @@
-//! The embedded store: one SQLite file in the data directory (WAL mode,
-//! migrations embedded and run on open). Writes that must be atomic run in
-//! `BEGIN IMMEDIATE` transactions: a deferred transaction that reads and then
-//! writes fails with SQLITE_BUSY on the lock upgrade instead of waiting
-//! (research notes §5).
+//! The store on SQL, one code path for both backends through sqlx's `Any`
+//! driver: SQLite (one file in the data directory, WAL mode; the embedded
+//! default) and PostgreSQL (several replicas). The SQL text is the same on
+//! both (`$N` placeholders, integer milliseconds, TEXT and BLOB/BYTEA); the
+//! few dialect differences are explicit ([`Backend`]). Migrations are
+//! embedded per backend and run on open (PostgreSQL's take an advisory
+//! lock, so replicas starting together are safe).
+//!
+//! Transactions that write start with `BEGIN IMMEDIATE` on SQLite: a
+//! deferred transaction that reads and then writes fails with SQLITE_BUSY
+//! on the lock upgrade instead of waiting (research notes §5).
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
-    Row, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    Any, AnyPool, Executor, Row, Transaction,
+    any::{AnyPoolOptions, AnyRow},
 };
 
 use super::{
@@ -19,35 +23,75 @@ use super::{
     Store, StoreError, TokenRecord,
 };
 
-/// Connections in the pool; SQLite serialises writes anyway.
-const POOL_SIZE: u32 = 4;
-
-/// The SQLite store.
-#[derive(Clone, Debug)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+/// Which database is behind the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database file and migrates it.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(POOL_SIZE)
-            .connect_with(options)
+/// The SQL store.
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl SqlStore {
+    /// Opens (creating if needed) the SQLite file and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = AnyPoolOptions::new()
+            // SQLite serialises writes anyway.
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
+        // Persistent in the file; set once.
+        pool.execute("PRAGMA journal_mode = WAL").await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    /// Connects to PostgreSQL (`postgres://user:password@host:port/db`,
+    /// `?sslmode=require` and the other libpq parameters work) and
+    /// migrates it.
+    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self {
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+
+    /// A transaction that will write.
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 }
 
-fn json_map(row: &SqliteRow, col: &'static str) -> Result<BTreeMap<String, String>, StoreError> {
+fn json_map(row: &AnyRow, col: &'static str) -> Result<BTreeMap<String, String>, StoreError> {
     let text: String = row.try_get(col)?;
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
         what: col,
@@ -55,7 +99,7 @@ fn json_map(row: &SqliteRow, col: &'static str) -> Result<BTreeMap<String, Strin
     })
 }
 
-fn json_list(row: &SqliteRow, col: &'static str) -> Result<Vec<String>, StoreError> {
+fn json_list(row: &AnyRow, col: &'static str) -> Result<Vec<String>, StoreError> {
     let text: String = row.try_get(col)?;
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
         what: col,
@@ -67,7 +111,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("maps and lists of strings always serialise")
 }
 
-fn u32_col(row: &SqliteRow, col: &'static str) -> Result<u32, StoreError> {
+fn u32_col(row: &AnyRow, col: &'static str) -> Result<u32, StoreError> {
     let v: i64 = row.try_get(col)?;
     u32::try_from(v).map_err(|_| StoreError::Corrupt {
         what: col,
@@ -75,7 +119,7 @@ fn u32_col(row: &SqliteRow, col: &'static str) -> Result<u32, StoreError> {
     })
 }
 
-fn token(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+fn token(row: &AnyRow) -> Result<TokenRecord, StoreError> {
     Ok(TokenRecord {
         token_id: row.try_get("token_id")?,
         org_id: row.try_get("org_id")?,
@@ -92,7 +136,7 @@ fn token(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
     })
 }
 
-fn agent(row: &SqliteRow) -> Result<AgentRecord, StoreError> {
+fn agent(row: &AnyRow) -> Result<AgentRecord, StoreError> {
     let rtt: i64 = row.try_get("rtt_us")?;
     Ok(AgentRecord {
         agent_id: row.try_get("agent_id")?,
@@ -117,7 +161,7 @@ fn agent(row: &SqliteRow) -> Result<AgentRecord, StoreError> {
     })
 }
 
-fn pool(row: &SqliteRow) -> Result<PoolRecord, StoreError> {
+fn pool(row: &AnyRow) -> Result<PoolRecord, StoreError> {
     Ok(PoolRecord {
         org_id: row.try_get("org_id")?,
         name: row.try_get("name")?,
@@ -127,7 +171,7 @@ fn pool(row: &SqliteRow) -> Result<PoolRecord, StoreError> {
     })
 }
 
-fn event(row: &SqliteRow) -> Result<EventRecord, StoreError> {
+fn event(row: &AnyRow) -> Result<EventRecord, StoreError> {
     let id: i64 = row.try_get("id")?;
     Ok(EventRecord {
         id: u64::try_from(id).map_err(|_| StoreError::Corrupt {
@@ -144,7 +188,7 @@ fn event(row: &SqliteRow) -> Result<EventRecord, StoreError> {
     })
 }
 
-fn connection(row: &SqliteRow) -> Result<ConnectionRecord, StoreError> {
+fn connection(row: &AnyRow) -> Result<ConnectionRecord, StoreError> {
     let port: i64 = row.try_get("target_port")?;
     Ok(ConnectionRecord {
         org_id: row.try_get("org_id")?,
@@ -160,7 +204,7 @@ fn connection(row: &SqliteRow) -> Result<ConnectionRecord, StoreError> {
     })
 }
 
-fn api_key(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
+fn api_key(row: &AnyRow) -> Result<ApiKeyRecord, StoreError> {
     Ok(ApiKeyRecord {
         key_id: row.try_get("key_id")?,
         org_id: row.try_get("org_id")?,
@@ -175,7 +219,7 @@ fn api_key(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
     })
 }
 
-fn audit(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+fn audit(row: &AnyRow) -> Result<AuditRecord, StoreError> {
     Ok(AuditRecord {
         org_id: row.try_get("org_id")?,
         time_ms: row.try_get("time_ms")?,
@@ -194,9 +238,12 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     fn backend(&self) -> &'static str {
-        "sqlite"
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -208,7 +255,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO enrollment_tokens (token_id, org_id, pool, secret_hash, created_ms, expires_ms, \
              max_uses, uses, last_used_ms, revoked_ms, labels_json, description) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&t.token_id)
         .bind(&t.org_id)
@@ -228,7 +275,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_token(&self, token_id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM enrollment_tokens WHERE token_id = ?")
+        let row = sqlx::query("SELECT * FROM enrollment_tokens WHERE token_id = $1")
             .bind(token_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -237,7 +284,7 @@ impl Store for SqliteStore {
 
     async fn list_tokens(&self, org_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM enrollment_tokens WHERE org_id = ? ORDER BY created_ms DESC, token_id",
+            "SELECT * FROM enrollment_tokens WHERE org_id = $1 ORDER BY created_ms DESC, token_id",
         )
         .bind(org_id)
         .fetch_all(&self.pool)
@@ -252,7 +299,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<TokenRecord>, StoreError> {
         sqlx::query(
-            "UPDATE enrollment_tokens SET revoked_ms = ? WHERE org_id = ? AND token_id = ? AND revoked_ms = 0",
+            "UPDATE enrollment_tokens SET revoked_ms = $1 WHERE org_id = $2 AND token_id = $3 AND revoked_ms = 0",
         )
         .bind(now_ms)
         .bind(org_id)
@@ -269,10 +316,10 @@ impl Store for SqliteStore {
         now_ms: i64,
         a: &AgentRecord,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let used = sqlx::query(
-            "UPDATE enrollment_tokens SET uses = uses + 1, last_used_ms = ? \
-             WHERE token_id = ? AND revoked_ms = 0 AND expires_ms > ? AND uses < max_uses",
+            "UPDATE enrollment_tokens SET uses = uses + 1, last_used_ms = $1 \
+             WHERE token_id = $2 AND revoked_ms = 0 AND expires_ms > $3 AND uses < max_uses",
         )
         .bind(now_ms)
         .bind(token_id)
@@ -285,7 +332,7 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO agents (agent_id, org_id, pool, token_id, enrolled_ms, cert_serial, cert_not_after_ms, \
-             hostname, version, labels_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             hostname, version, labels_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&a.agent_id)
         .bind(&a.org_id)
@@ -304,7 +351,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM agents WHERE agent_id = ?")
+        let row = sqlx::query("SELECT * FROM agents WHERE agent_id = $1")
             .bind(agent_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -312,7 +359,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_agents(&self, org_id: &str) -> Result<Vec<AgentRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM agents WHERE org_id = ? ORDER BY pool, agent_id")
+        let rows = sqlx::query("SELECT * FROM agents WHERE org_id = $1 ORDER BY pool, agent_id")
             .bind(org_id)
             .fetch_all(&self.pool)
             .await?;
@@ -324,8 +371,9 @@ impl Store for SqliteStore {
         offline_before_ms: i64,
     ) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT org_id, pool, SUM(revoked_ms = 0 AND last_heartbeat_ms < ?) AS offline, \
-             SUM(revoked_ms != 0) AS revoked FROM agents GROUP BY org_id, pool ORDER BY org_id, pool",
+            "SELECT org_id, pool, \
+             SUM(CASE WHEN revoked_ms = 0 AND last_heartbeat_ms < $1 THEN 1 ELSE 0 END) AS offline, \
+             SUM(CASE WHEN revoked_ms != 0 THEN 1 ELSE 0 END) AS revoked FROM agents GROUP BY org_id, pool ORDER BY org_id, pool",
         )
         .bind(offline_before_ms)
         .fetch_all(&self.pool)
@@ -353,8 +401,8 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE agents SET hostname = ?, version = ?, labels_json = ?, capabilities_json = ?, \
-             credentials_json = ?, config_hash = ?, last_connected_ms = ? WHERE agent_id = ?",
+            "UPDATE agents SET hostname = $1, version = $2, labels_json = $3, capabilities_json = $4, \
+             credentials_json = $5, config_hash = $6, last_connected_ms = $7 WHERE agent_id = $8",
         )
         .bind(&h.hostname)
         .bind(&h.version)
@@ -377,7 +425,7 @@ impl Store for SqliteStore {
         clock_skew_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE agents SET last_heartbeat_ms = ?, rtt_us = ?, clock_skew_ms = ? WHERE agent_id = ?",
+            "UPDATE agents SET last_heartbeat_ms = $1, rtt_us = $2, clock_skew_ms = $3 WHERE agent_id = $4",
         )
         .bind(now_ms)
         .bind(i64::try_from(rtt_us).unwrap_or(i64::MAX))
@@ -391,7 +439,7 @@ impl Store for SqliteStore {
     async fn insert_connection(&self, c: &ConnectionRecord) -> Result<(), StoreError> {
         let result = sqlx::query(
             "INSERT INTO connections (org_id, name, pool, target_host, target_port, gateway_listen, created_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&c.org_id)
         .bind(&c.name)
@@ -414,7 +462,7 @@ impl Store for SqliteStore {
         org_id: &str,
         name: &str,
     ) -> Result<Option<ConnectionRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM connections WHERE org_id = ? AND name = ?")
+        let row = sqlx::query("SELECT * FROM connections WHERE org_id = $1 AND name = $2")
             .bind(org_id)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -428,7 +476,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ConnectionRecord>, StoreError> {
         let rows = match org_id {
             Some(org) => {
-                sqlx::query("SELECT * FROM connections WHERE org_id = ? ORDER BY name")
+                sqlx::query("SELECT * FROM connections WHERE org_id = $1 ORDER BY name")
                     .bind(org)
                     .fetch_all(&self.pool)
                     .await?
@@ -443,7 +491,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_connection(&self, org_id: &str, name: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM connections WHERE org_id = ? AND name = ?")
+        let r = sqlx::query("DELETE FROM connections WHERE org_id = $1 AND name = $2")
             .bind(org_id)
             .bind(name)
             .execute(&self.pool)
@@ -454,7 +502,7 @@ impl Store for SqliteStore {
     async fn insert_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_keys (key_id, org_id, role, secret_hash, created_ms, description, revoked_ms, \
-             connections_json, pools_json, last_used_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             connections_json, pools_json, last_used_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&k.key_id)
         .bind(&k.org_id)
@@ -472,7 +520,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE key_id = ?")
+        let row = sqlx::query("SELECT * FROM api_keys WHERE key_id = $1")
             .bind(key_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -488,11 +536,12 @@ impl Store for SqliteStore {
     }
 
     async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM api_keys WHERE org_id = ? ORDER BY created_ms DESC, key_id")
-                .bind(org_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM api_keys WHERE org_id = $1 ORDER BY created_ms DESC, key_id",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(api_key).collect()
     }
 
@@ -503,7 +552,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
         sqlx::query(
-            "UPDATE api_keys SET revoked_ms = ? WHERE org_id = ? AND key_id = ? AND revoked_ms = 0",
+            "UPDATE api_keys SET revoked_ms = $1 WHERE org_id = $2 AND key_id = $3 AND revoked_ms = 0",
         )
         .bind(now_ms)
         .bind(org_id)
@@ -517,7 +566,7 @@ impl Store for SqliteStore {
     }
 
     async fn touch_api_key(&self, key_id: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE api_keys SET last_used_ms = ? WHERE key_id = ?")
+        sqlx::query("UPDATE api_keys SET last_used_ms = $1 WHERE key_id = $2")
             .bind(now_ms)
             .bind(key_id)
             .execute(&self.pool)
@@ -532,7 +581,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<AgentRecord>, StoreError> {
         sqlx::query(
-            "UPDATE agents SET revoked_ms = ? WHERE org_id = ? AND agent_id = ? AND revoked_ms = 0",
+            "UPDATE agents SET revoked_ms = $1 WHERE org_id = $2 AND agent_id = $3 AND revoked_ms = 0",
         )
         .bind(now_ms)
         .bind(org_id)
@@ -551,19 +600,21 @@ impl Store for SqliteStore {
         cert_serial: &str,
         cert_not_after_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE agents SET cert_serial = ?, cert_not_after_ms = ? WHERE agent_id = ?")
-            .bind(cert_serial)
-            .bind(cert_not_after_ms)
-            .bind(agent_id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE agents SET cert_serial = $1, cert_not_after_ms = $2 WHERE agent_id = $3",
+        )
+        .bind(cert_serial)
+        .bind(cert_not_after_ms)
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn insert_audit(&self, e: &AuditRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit_events (org_id, time_ms, key_id, role, action, target, peer, result, detail) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&e.org_id)
         .bind(e.time_ms)
@@ -586,7 +637,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM audit_events WHERE org_id = ? AND time_ms < ? ORDER BY time_ms DESC, id DESC LIMIT ?",
+            "SELECT * FROM audit_events WHERE org_id = $1 AND time_ms < $2 ORDER BY time_ms DESC, id DESC LIMIT $3",
         )
         .bind(org_id)
         .bind(before_ms)
@@ -603,7 +654,7 @@ impl Store for SqliteStore {
         drained_ms: i64,
     ) -> Result<Option<AgentRecord>, StoreError> {
         let row = sqlx::query(
-            "UPDATE agents SET drained_ms = ? WHERE org_id = ? AND agent_id = ? RETURNING *",
+            "UPDATE agents SET drained_ms = $1 WHERE org_id = $2 AND agent_id = $3 RETURNING *",
         )
         .bind(drained_ms)
         .bind(org_id)
@@ -614,7 +665,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_pool(&self, org_id: &str, name: &str) -> Result<Option<PoolRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM pools WHERE org_id = ? AND name = ?")
+        let row = sqlx::query("SELECT * FROM pools WHERE org_id = $1 AND name = $2")
             .bind(org_id)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -623,7 +674,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_pools(&self, org_id: &str) -> Result<Vec<PoolRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM pools WHERE org_id = ? ORDER BY name")
+        let rows = sqlx::query("SELECT * FROM pools WHERE org_id = $1 ORDER BY name")
             .bind(org_id)
             .fetch_all(&self.pool)
             .await?;
@@ -633,7 +684,7 @@ impl Store for SqliteStore {
     async fn upsert_pool(&self, p: &PoolRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO pools (org_id, name, pinned_version, pinned_config_hash, updated_ms) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (org_id, name) DO UPDATE SET \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, name) DO UPDATE SET \
              pinned_version = excluded.pinned_version, pinned_config_hash = excluded.pinned_config_hash, \
              updated_ms = excluded.updated_ms",
         )
@@ -654,16 +705,16 @@ impl Store for SqliteStore {
         sample: &[u8],
         keep: u32,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("INSERT INTO health_samples (agent_id, time_ms, sample) VALUES (?, ?, ?)")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO health_samples (agent_id, time_ms, sample) VALUES ($1, $2, $3)")
             .bind(agent_id)
             .bind(time_ms)
             .bind(sample)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "DELETE FROM health_samples WHERE agent_id = ? AND rowid NOT IN \
-             (SELECT rowid FROM health_samples WHERE agent_id = ? ORDER BY time_ms DESC, rowid DESC LIMIT ?)",
+            "DELETE FROM health_samples WHERE agent_id = $1 AND id NOT IN \
+             (SELECT id FROM health_samples WHERE agent_id = $2 ORDER BY time_ms DESC, id DESC LIMIT $3)",
         )
         .bind(agent_id)
         .bind(agent_id)
@@ -680,8 +731,8 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT time_ms, sample FROM health_samples WHERE agent_id = ? \
-             ORDER BY time_ms DESC, rowid DESC LIMIT ?",
+            "SELECT time_ms, sample FROM health_samples WHERE agent_id = $1 \
+             ORDER BY time_ms DESC, id DESC LIMIT $2",
         )
         .bind(agent_id)
         .bind(i64::from(limit))
@@ -698,7 +749,7 @@ impl Store for SqliteStore {
     async fn insert_event(&self, e: &EventRecord) -> Result<u64, StoreError> {
         let row = sqlx::query(
             "INSERT INTO agent_events (org_id, agent_id, pool, time_ms, kind, detail, alert) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(&e.org_id)
         .bind(&e.agent_id)
@@ -722,24 +773,28 @@ impl Store for SqliteStore {
         after_id: u64,
         agent_id: Option<&str>,
         limit: u32,
+        newest: bool,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM agent_events WHERE org_id = ? AND id > ? AND (? IS NULL OR agent_id = ?) \
-             ORDER BY id LIMIT ?",
-        )
-        .bind(org_id)
-        .bind(i64::try_from(after_id).unwrap_or(i64::MAX))
-        .bind(agent_id)
-        .bind(agent_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let query = if newest {
+            "SELECT * FROM (SELECT * FROM agent_events WHERE org_id = $1 AND id > $2 \
+             AND ($3 = '' OR agent_id = $3) ORDER BY id DESC LIMIT $4) AS newest ORDER BY id"
+        } else {
+            "SELECT * FROM agent_events WHERE org_id = $1 AND id > $2 AND ($3 = '' OR agent_id = $3) \
+             ORDER BY id LIMIT $4"
+        };
+        let rows = sqlx::query(query)
+            .bind(org_id)
+            .bind(i64::try_from(after_id).unwrap_or(i64::MAX))
+            .bind(agent_id.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(event).collect()
     }
 
     async fn last_event_id(&self, org_id: &str) -> Result<u64, StoreError> {
         let row =
-            sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM agent_events WHERE org_id = ?")
+            sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM agent_events WHERE org_id = $1")
                 .bind(org_id)
                 .fetch_one(&self.pool)
                 .await?;
@@ -748,208 +803,10 @@ impl Store for SqliteStore {
     }
 
     async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM agent_events WHERE time_ms < ?")
+        let done = sqlx::query("DELETE FROM agent_events WHERE time_ms < $1")
             .bind(before_ms)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-        (dir, s)
-    }
-
-    fn tok(id: &str, max_uses: u32) -> TokenRecord {
-        TokenRecord {
-            token_id: id.into(),
-            org_id: "default".into(),
-            pool: "p".into(),
-            secret_hash: vec![1; 32],
-            created_ms: 1,
-            expires_ms: 1_000,
-            max_uses,
-            uses: 0,
-            last_used_ms: 0,
-            revoked_ms: 0,
-            labels: BTreeMap::from([("zone".into(), "a".into())]),
-            description: String::new(),
-        }
-    }
-
-    fn agent_rec(id: &str) -> AgentRecord {
-        AgentRecord {
-            agent_id: id.into(),
-            org_id: "default".into(),
-            pool: "p".into(),
-            token_id: "t1".into(),
-            ..AgentRecord::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_single_use_token_enrolls_exactly_once() {
-        let (_d, s) = store().await;
-        s.insert_token(&tok("t1", 1)).await.unwrap();
-        assert!(s.enroll("t1", 10, &agent_rec("a1")).await.unwrap());
-        assert!(!s.enroll("t1", 11, &agent_rec("a2")).await.unwrap());
-        assert!(
-            s.get_agent("a2").await.unwrap().is_none(),
-            "a refused enrollment leaves no agent"
-        );
-        let t = s.get_token("t1").await.unwrap().unwrap();
-        assert_eq!((t.uses, t.last_used_ms), (1, 10));
-        assert_eq!(t.labels["zone"], "a");
-    }
-
-    #[tokio::test]
-    async fn expired_or_revoked_tokens_do_not_enroll() {
-        let (_d, s) = store().await;
-        s.insert_token(&tok("t1", 5)).await.unwrap();
-        assert!(
-            !s.enroll("t1", 1_000, &agent_rec("a1")).await.unwrap(),
-            "expired"
-        );
-        assert!(
-            s.revoke_token("other-org", "t1", 5)
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(s.revoke_token("default", "t1", 5).await.unwrap().is_some());
-        assert!(
-            !s.enroll("t1", 6, &agent_rec("a1")).await.unwrap(),
-            "revoked"
-        );
-    }
-
-    #[tokio::test]
-    async fn connection_names_are_unique_per_org() {
-        let (_d, s) = store().await;
-        let c = ConnectionRecord {
-            org_id: "default".into(),
-            name: "pg".into(),
-            pool: "p".into(),
-            target_host: "127.0.0.1".into(),
-            target_port: 5432,
-            gateway_listen: "127.0.0.1:0".into(),
-            created_ms: 1,
-        };
-        s.insert_connection(&c).await.unwrap();
-        assert!(matches!(
-            s.insert_connection(&c).await,
-            Err(StoreError::AlreadyExists)
-        ));
-        assert_eq!(
-            s.list_connections(Some("default")).await.unwrap(),
-            vec![c.clone()]
-        );
-        assert!(s.list_connections(Some("other")).await.unwrap().is_empty());
-        assert!(s.delete_connection("default", "pg").await.unwrap());
-        assert!(!s.delete_connection("default", "pg").await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn hello_and_heartbeat_update_the_agent() {
-        let (_d, s) = store().await;
-        s.insert_token(&tok("t1", 1)).await.unwrap();
-        s.enroll("t1", 10, &agent_rec("a1")).await.unwrap();
-        let hello = HelloRecord {
-            hostname: "h".into(),
-            version: "0.1.0".into(),
-            capabilities: vec!["probe".into()],
-            ..HelloRecord::default()
-        };
-        s.record_hello("a1", &hello, 20).await.unwrap();
-        s.record_heartbeat("a1", 30, 1500, -4).await.unwrap();
-        let a = s.get_agent("a1").await.unwrap().unwrap();
-        assert_eq!(a.hostname, "h");
-        assert_eq!(a.capabilities, ["probe"]);
-        assert_eq!(
-            (
-                a.last_connected_ms,
-                a.last_heartbeat_ms,
-                a.rtt_us,
-                a.clock_skew_ms
-            ),
-            (20, 30, 1500, -4)
-        );
-    }
-}
-
-#[cfg(test)]
-mod day2_tests {
-    use super::*;
-
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
-        (dir, s)
-    }
-
-    #[tokio::test]
-    async fn health_history_keeps_only_the_newest() {
-        let (_d, s) = store().await;
-        for t in 1..=10 {
-            s.insert_health_sample("a1", t, &[u8::try_from(t).unwrap()], 3)
-                .await
-                .unwrap();
-        }
-        s.insert_health_sample("a2", 5, &[99], 3).await.unwrap();
-        let kept = s.list_health_samples("a1", 100).await.unwrap();
-        assert_eq!(kept, vec![(8, vec![8]), (9, vec![9]), (10, vec![10])]);
-        assert_eq!(s.list_health_samples("a2", 100).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn events_page_by_id_and_org_and_prune_by_age() {
-        let (_d, s) = store().await;
-        let ev = |org: &str, agent: &str, t: i64| EventRecord {
-            org_id: org.into(),
-            agent_id: agent.into(),
-            pool: "p".into(),
-            time_ms: t,
-            kind: "stale".into(),
-            detail: String::new(),
-            alert: true,
-            id: 0,
-        };
-        let a = s.insert_event(&ev("o1", "a1", 10)).await.unwrap();
-        let b = s.insert_event(&ev("o2", "a9", 20)).await.unwrap();
-        let c = s.insert_event(&ev("o1", "a2", 30)).await.unwrap();
-        assert!(a < b && b < c);
-        let all = s.list_events("o1", 0, None, 10).await.unwrap();
-        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [a, c]);
-        assert!(all[0].alert);
-        let after = s.list_events("o1", a, None, 10).await.unwrap();
-        assert_eq!(after.len(), 1);
-        let one = s.list_events("o1", 0, Some("a2"), 10).await.unwrap();
-        assert_eq!(one[0].agent_id, "a2");
-        assert_eq!(s.prune_events(25).await.unwrap(), 2);
-        assert_eq!(s.list_events("o1", 0, None, 10).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn pool_pins_upsert() {
-        let (_d, s) = store().await;
-        assert_eq!(s.get_pool("o", "p").await.unwrap(), None);
-        let mut p = PoolRecord {
-            org_id: "o".into(),
-            name: "p".into(),
-            pinned_version: "1.0".into(),
-            pinned_config_hash: String::new(),
-            updated_ms: 1,
-        };
-        s.upsert_pool(&p).await.unwrap();
-        p.pinned_config_hash = "abc".into();
-        s.upsert_pool(&p).await.unwrap();
-        assert_eq!(s.get_pool("o", "p").await.unwrap(), Some(p.clone()));
-        assert_eq!(s.list_pools("o").await.unwrap(), vec![p]);
     }
 }
