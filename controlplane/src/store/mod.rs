@@ -3,7 +3,9 @@
 //! replicas). Times are integer Unix milliseconds, 0 means "never"; secrets
 //! are stored only as SHA-256 hashes (invariant 6).
 
+pub mod jobs;
 mod sql;
+mod sql_jobs;
 #[cfg(test)]
 mod tests;
 
@@ -164,9 +166,9 @@ pub enum StoreError {
     },
 }
 
-/// The control plane's durable state.
+/// The control plane's durable state (with the job queue).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: jobs::JobStore + Send + Sync + 'static {
     /// "sqlite" or "postgres".
     fn backend(&self) -> &'static str;
     /// Checks that the database answers.

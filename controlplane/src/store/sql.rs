@@ -33,8 +33,8 @@ pub enum Backend {
 /// The SQL store.
 #[derive(Clone, Debug)]
 pub struct SqlStore {
-    pool: AnyPool,
-    backend: Backend,
+    pub(super) pool: AnyPool,
+    pub(super) backend: Backend,
 }
 
 impl SqlStore {
@@ -83,7 +83,7 @@ impl SqlStore {
     }
 
     /// A transaction that will write.
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
@@ -99,7 +99,7 @@ fn json_map(row: &AnyRow, col: &'static str) -> Result<BTreeMap<String, String>,
     })
 }
 
-fn json_list(row: &AnyRow, col: &'static str) -> Result<Vec<String>, StoreError> {
+pub(super) fn json_list(row: &AnyRow, col: &'static str) -> Result<Vec<String>, StoreError> {
     let text: String = row.try_get(col)?;
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
         what: col,
@@ -107,7 +107,7 @@ fn json_list(row: &AnyRow, col: &'static str) -> Result<Vec<String>, StoreError>
     })
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> String {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("maps and lists of strings always serialise")
 }
 
@@ -233,7 +233,7 @@ fn audit(row: &AnyRow) -> Result<AuditRecord, StoreError> {
     })
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 

@@ -303,3 +303,354 @@ async fn pool_pins_upsert_check(s: &SqlStore) {
     assert_eq!(s.list_pools("o").await.unwrap(), vec![p]);
 }
 on_both!(pool_pins_upsert, pool_pins_upsert_check);
+
+use super::jobs::{Claimant, JobRecord, JobStore, Outcome, Submitted, state};
+
+fn job_rec(id: &str, job_type: &str, creds: &[&str], priority: i32) -> JobRecord {
+    JobRecord {
+        job_id: id.into(),
+        org_id: "o".into(),
+        pool: "p".into(),
+        job_type: job_type.into(),
+        payload: b"in".to_vec(),
+        credential_names: creds.iter().map(|c| (*c).to_owned()).collect(),
+        priority,
+        state: state::PENDING.into(),
+        run_at_ms: 0,
+        attempt_timeout_ms: 1000,
+        max_attempts: 2,
+        created_ms: 10,
+        ..JobRecord::default()
+    }
+}
+
+fn claimant(session: &str, caps: &[&str], creds: &[&str]) -> Claimant {
+    Claimant {
+        org_id: "o".into(),
+        pool: "p".into(),
+        agent_id: format!("agent-{session}"),
+        session_id: session.into(),
+        capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+        credential_names: creds.iter().map(|c| (*c).to_owned()).collect(),
+        lease_ms: 100,
+    }
+}
+
+async fn submit(s: &SqlStore, j: JobRecord) -> JobRecord {
+    match s.submit_job(&j).await.unwrap() {
+        Submitted::New(j) => j,
+        Submitted::Existing(_) => panic!("{} exists", j.job_id),
+    }
+}
+
+async fn claims_match_capabilities_credentials_and_priority_check(s: &SqlStore) {
+    submit(s, job_rec("j-low", "sync", &[], 0)).await;
+    submit(s, job_rec("j-high", "sync", &[], 5)).await;
+    submit(s, job_rec("j-key", "git", &["ssh_key"], 9)).await;
+    // Only "echo": nothing to take.
+    assert!(
+        s.claim_job(&claimant("s1", &["echo"], &[]), 100)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // "git" without the credential: not that one; the highest "sync" instead.
+    let c = claimant("s1", &["git", "sync"], &["other"]);
+    let got = s.claim_job(&c, 100).await.unwrap().unwrap();
+    assert_eq!(
+        (got.job_id.as_str(), got.state.as_str()),
+        ("j-high", state::ASSIGNED)
+    );
+    assert_eq!(
+        (got.lease_token, got.attempts, got.lease_expires_ms),
+        (1, 1, 200)
+    );
+    assert_eq!(got.attempt_deadline_ms, 1100);
+    let c = claimant("s2", &["git"], &["ssh_key", "more"]);
+    assert_eq!(s.claim_job(&c, 100).await.unwrap().unwrap().job_id, "j-key");
+    // Idempotency: the same key returns the first job.
+    let mut a = job_rec("j-a", "sync", &[], 0);
+    a.idempotency_key = "k1".into();
+    submit(s, a.clone()).await;
+    a.job_id = "j-b".into();
+    match s.submit_job(&a).await.unwrap() {
+        Submitted::Existing(j) => assert_eq!(j.job_id, "j-a"),
+        Submitted::New(_) => panic!("a duplicate idempotency key made a second job"),
+    }
+    // Not due yet: a retry waits for run_at.
+    let mut later = job_rec("j-later", "later", &[], 0);
+    later.run_at_ms = 500;
+    submit(s, later).await;
+    let c = claimant("s3", &["later"], &[]);
+    assert!(s.claim_job(&c, 100).await.unwrap().is_none());
+    assert!(s.claim_job(&c, 500).await.unwrap().is_some());
+}
+on_both!(
+    claims_match_capabilities_credentials_and_priority,
+    claims_match_capabilities_credentials_and_priority_check
+);
+
+async fn a_stale_token_changes_nothing_check(s: &SqlStore) {
+    submit(s, job_rec("j1", "sync", &[], 0)).await;
+    let first = s
+        .claim_job(&claimant("s1", &["sync"], &[]), 100)
+        .await
+        .unwrap()
+        .unwrap();
+    // The lease lapses: back to pending, then another session claims it.
+    let swept = s.sweep_jobs(300).await.unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(
+        (swept[0].lost_token, swept[0].lost_session.as_str()),
+        (1, "s1")
+    );
+    assert_eq!(swept[0].job.state, state::PENDING);
+    assert!(
+        swept[0].job.error.contains("lease expired"),
+        "{}",
+        swept[0].job.error
+    );
+    let second = s
+        .claim_job(&claimant("s2", &["sync"], &[]), 300)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.lease_token, 2);
+    // The first holder's late result is refused, and changes nothing.
+    let late = s
+        .finish_job(
+            "j1",
+            "agent-s1",
+            first.lease_token,
+            Outcome::Succeeded(b"late".to_vec()),
+            310,
+        )
+        .await
+        .unwrap();
+    assert!(late.is_none());
+    assert!(
+        !s.job_started("j1", "agent-s1", first.lease_token)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.append_job_logs("j1", "agent-s1", first.lease_token, &["x".into()], 310, 10)
+            .await
+            .unwrap()
+    );
+    // The right token from the wrong agent is refused too.
+    assert!(!s.job_started("j1", "agent-s1", 2).await.unwrap());
+    assert!(s.job_started("j1", "agent-s2", 2).await.unwrap());
+    assert!(
+        s.append_job_logs("j1", "agent-s2", 2, &["a".into(), "b".into()], 320, 10)
+            .await
+            .unwrap()
+    );
+    let done = s
+        .finish_job("j1", "agent-s2", 2, Outcome::Succeeded(b"ok".to_vec()), 330)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.state.as_str(), done.result.as_slice()),
+        (state::SUCCEEDED, &b"ok"[..])
+    );
+    assert!(
+        s.finish_job("j1", "agent-s2", 2, Outcome::Succeeded(vec![]), 340)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.job_logs("j1", 100).await.unwrap(), ["a", "b"]);
+    let attempts = s.job_attempts("j1").await.unwrap();
+    let outcomes: Vec<(u64, &str)> = attempts
+        .iter()
+        .map(|a| (a.lease_token, a.outcome.as_str()))
+        .collect();
+    assert_eq!(outcomes, [(1, "lease_expired"), (2, "succeeded")]);
+    // No overlap: the first lease ended before the second began.
+    assert!(attempts[0].ended_ms <= attempts[1].started_ms);
+}
+on_both!(
+    a_stale_token_changes_nothing,
+    a_stale_token_changes_nothing_check
+);
+
+async fn failures_retry_until_attempts_run_out_check(s: &SqlStore) {
+    submit(s, job_rec("j1", "sync", &[], 0)).await;
+    let c = claimant("s1", &["sync"], &[]);
+    let a = s.claim_job(&c, 100).await.unwrap().unwrap();
+    let failed = Outcome::Failed {
+        error: "boom".into(),
+        retry_at_ms: Some(150),
+    };
+    let j = s
+        .finish_job("j1", "agent-s1", a.lease_token, failed.clone(), 110)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((j.state.as_str(), j.run_at_ms), (state::PENDING, 150));
+    let b = s.claim_job(&c, 150).await.unwrap().unwrap();
+    let j = s
+        .finish_job("j1", "agent-s1", b.lease_token, failed, 160)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (j.state.as_str(), j.attempts, j.error.as_str()),
+        (state::FAILED, 2, "boom")
+    );
+    assert_eq!(j.finished_ms, 160);
+    // Not retryable: failed at once.
+    submit(s, job_rec("j2", "sync", &[], 0)).await;
+    let t = s.claim_job(&c, 200).await.unwrap().unwrap();
+    let no_retry = Outcome::Failed {
+        error: "bad input".into(),
+        retry_at_ms: None,
+    };
+    let j = s
+        .finish_job("j2", "agent-s1", t.lease_token, no_retry, 210)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.state, state::FAILED);
+    // Past its deadline: swept, and on the last attempt failed.
+    submit(s, job_rec("j3", "sync", &[], 0)).await;
+    let mut long = c.clone();
+    long.lease_ms = 1_000_000;
+    s.claim_job(&long, 300).await.unwrap().unwrap();
+    let swept = s.sweep_jobs(1_400).await.unwrap();
+    assert_eq!(swept.len(), 1);
+    assert!(
+        swept[0].job.error.contains("deadline"),
+        "{}",
+        swept[0].job.error
+    );
+    assert_eq!(s.job_attempts("j3").await.unwrap()[0].outcome, "deadline");
+}
+on_both!(
+    failures_retry_until_attempts_run_out,
+    failures_retry_until_attempts_run_out_check
+);
+
+async fn cancel_and_unschedulable_check(s: &SqlStore) {
+    submit(s, job_rec("j1", "sync", &[], 0)).await;
+    let c = claimant("s1", &["sync"], &[]);
+    s.claim_job(&c, 100).await.unwrap().unwrap();
+    assert_eq!(
+        s.renew_leases("agent-s1", 5_000).await.unwrap(),
+        [("j1".to_owned(), 1)]
+    );
+    let j = s
+        .cancel_job("o", "j1", "not needed", 120)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (j.state.as_str(), j.lease_session.as_str()),
+        (state::CANCELLED, "s1")
+    );
+    assert!(s.renew_leases("agent-s1", 6_000).await.unwrap().is_empty());
+    assert!(
+        s.cancel_job("o", "j1", "again", 130)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.cancel_job("other-org", "j1", "x", 130)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    submit(s, job_rec("j2", "nobody", &["k"], 0)).await;
+    let shapes = s.waiting_job_shapes().await.unwrap();
+    let shape = shapes.iter().find(|sh| sh.2 == "nobody").unwrap().clone();
+    assert_eq!(shape.3, ["k"]);
+    assert_eq!(
+        s.set_schedulable(&shape, Some("no agent declares it"), 1)
+            .await
+            .unwrap(),
+        1
+    );
+    let j = s.get_job("o", "j2").await.unwrap().unwrap();
+    assert_eq!(
+        (j.state.as_str(), j.error.as_str()),
+        (state::UNSCHEDULABLE, "no agent declares it")
+    );
+    assert!(
+        s.claim_job(&claimant("s2", &["nobody"], &["k"]), 200)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.set_schedulable(&shape, None, 300).await.unwrap(), 1);
+    assert!(
+        s.claim_job(&claimant("s2", &["nobody"], &["k"]), 300)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let counts = s.job_counts().await.unwrap();
+    assert!(
+        counts.contains(&("o".into(), "p".into(), state::ASSIGNED.into(), 1)),
+        "{counts:?}"
+    );
+    // Retention: finished jobs go, with their attempts.
+    assert_eq!(s.prune_jobs(10_000).await.unwrap(), 1);
+    assert!(s.get_job("o", "j1").await.unwrap().is_none());
+    assert!(s.job_attempts("j1").await.unwrap().is_empty());
+}
+on_both!(cancel_and_unschedulable, cancel_and_unschedulable_check);
+
+/// Eight claimers race for 400 jobs: each job is claimed exactly once.
+async fn concurrent_claims_never_hand_a_job_out_twice_check(s: &SqlStore) {
+    const JOBS: usize = 400;
+    for i in 0..JOBS {
+        submit(s, job_rec(&format!("j{i:04}"), "sync", &[], 0)).await;
+    }
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = claimant(&format!("s{w}"), &["sync"], &[]);
+            let mut mine = Vec::new();
+            // Bounded: at most every job, plus one empty claim to stop.
+            for _ in 0..=JOBS {
+                let Some(j) = s.claim_job(&c, 100).await.unwrap() else {
+                    break;
+                };
+                let done = s
+                    .finish_job(
+                        &j.job_id,
+                        &c.agent_id,
+                        j.lease_token,
+                        Outcome::Succeeded(vec![]),
+                        101,
+                    )
+                    .await
+                    .unwrap();
+                assert!(done.is_some(), "a fresh lease was refused");
+                mine.push(j.job_id);
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a job was claimed twice");
+    assert_eq!(all.len(), JOBS, "a job was never claimed");
+    for id in all.iter().step_by(37) {
+        assert_eq!(s.job_attempts(id).await.unwrap().len(), 1);
+    }
+}
+on_both!(
+    concurrent_claims_never_hand_a_job_out_twice,
+    concurrent_claims_never_hand_a_job_out_twice_check
+);
