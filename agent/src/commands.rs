@@ -62,7 +62,7 @@ pub async fn run(ctx: Arc<Context>, connection: Connection<AgentWire>, cmd: Comm
                 info!("drained: taking no new channels or jobs");
             }
             let wait = Duration::from_millis(u64::from(d.wait_ms)).min(budget);
-            command_result::Result::Drain(drain(&connection, wait).await)
+            command_result::Result::Drain(drain(&ctx, &connection, wait).await)
         }
         Some(command::Kind::Undrain(_)) => {
             if ctx.shared.set_draining(false) {
@@ -100,18 +100,20 @@ pub async fn run(ctx: Arc<Context>, connection: Connection<AgentWire>, cmd: Comm
     }
 }
 
-/// Waits up to `wait` for the session's channels to finish.
-async fn drain(connection: &Connection<AgentWire>, wait: Duration) -> DrainResult {
+/// Waits up to `wait` for the session's channels and the running jobs to
+/// finish.
+async fn drain(ctx: &Context, connection: &Connection<AgentWire>, wait: Duration) -> DrainResult {
     let deadline = Instant::now() + wait;
-    let mut remaining = connection.channel_count();
-    while remaining > 0 && Instant::now() < deadline {
+    let remaining = || (connection.channel_count(), ctx.jobs.running());
+    let mut left = remaining();
+    while left != (0, 0) && Instant::now() < deadline {
         tokio::time::sleep(DRAIN_POLL.min(deadline.saturating_duration_since(Instant::now())))
             .await;
-        remaining = connection.channel_count();
+        left = remaining();
     }
     DrainResult {
-        completed: remaining == 0,
-        remaining_channels: u32::try_from(remaining).unwrap_or(u32::MAX),
-        remaining_jobs: 0,
+        completed: left == (0, 0),
+        remaining_channels: u32::try_from(left.0).unwrap_or(u32::MAX),
+        remaining_jobs: u32::try_from(left.1).unwrap_or(u32::MAX),
     }
 }

@@ -21,6 +21,7 @@ use crate::{
     egress::Policy,
     health::Thresholds,
     identity::TrustSettings,
+    jobs::{self, JobsConfig, credentials},
     recent_logs::{REDACTED, Redactor},
 };
 
@@ -70,6 +71,18 @@ pub struct Args {
     /// Labels, key=value (repeatable or comma-separated).
     #[arg(long = "label", env = "TETHER_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Job handlers, TYPE=/path/to/program (repeatable or comma-separated):
+    /// the program reads the payload on stdin, writes the result on stdout
+    /// and logs on stderr. The built-ins echo and probe are always there.
+    #[arg(long = "handler", env = "TETHER_HANDLERS", value_delimiter = ',')]
+    pub handlers: Vec<String>,
+    /// Named credentials for jobs, NAME=file:/path or NAME=env:VARIABLE
+    /// (repeatable or comma-separated); only the names leave the agent.
+    #[arg(long = "credential", env = "TETHER_CREDENTIALS", value_delimiter = ',')]
+    pub credentials: Vec<String>,
+    /// Jobs this agent runs at once [default: 4].
+    #[arg(long, env = "TETHER_MAX_CONCURRENT_JOBS")]
+    pub max_concurrent_jobs: Option<String>,
     /// Free space the workspace (state_dir) must keep; below it the agent
     /// takes no new channels or jobs and reports disk_low [default: 64MiB].
     #[arg(long, env = "TETHER_MIN_DISK_FREE")]
@@ -115,6 +128,8 @@ pub struct Config {
     pub thresholds: Thresholds,
     /// Watchdog limit (zero: off).
     pub stuck_session_timeout: std::time::Duration,
+    /// Handlers, credentials, concurrency.
+    pub jobs: JobsConfig,
 }
 
 impl Config {
@@ -217,6 +232,7 @@ impl Config {
                 labels.insert(k.to_owned(), val.to_owned());
             }
         }
+        let jobs = jobs_config(l)?;
         let defaults = Thresholds::default();
         let thresholds = Thresholds {
             min_disk_free: l.parse_with("min_disk_free", defaults.min_disk_free, parse_size)?,
@@ -235,6 +251,7 @@ impl Config {
             thresholds,
             stuck_session_timeout: l
                 .duration("stuck_session_timeout", std::time::Duration::from_secs(120))?,
+            jobs,
         })
     }
 
@@ -273,6 +290,31 @@ impl Config {
         );
         m.insert("log_level", text(self.log_level.clone()));
         m.insert(
+            "handlers",
+            Value::Sequence(
+                self.jobs
+                    .handlers
+                    .iter()
+                    .map(|(t, p)| text(format!("{t}={}", p.display())))
+                    .collect(),
+            ),
+        );
+        // References (file:/path, env:VAR), never values.
+        m.insert(
+            "credentials",
+            Value::Sequence(
+                self.jobs
+                    .credentials
+                    .iter()
+                    .map(|(n, s)| text(format!("{n}={}", s.describe())))
+                    .collect(),
+            ),
+        );
+        m.insert(
+            "max_concurrent_jobs",
+            Value::Number(self.jobs.max_concurrent.into()),
+        );
+        m.insert(
             "min_disk_free",
             Value::Number(self.thresholds.min_disk_free.into()),
         );
@@ -297,6 +339,55 @@ impl Config {
         }
         serde_yaml_ng::to_string(&m).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+fn jobs_config(l: &Layers) -> Result<JobsConfig, ConfigError> {
+    let mut handlers = BTreeMap::new();
+    if let Some(v) = l.list("handlers")? {
+        for item in v.value.iter().filter(|s| !s.trim().is_empty()) {
+            let parsed = item
+                .split_once('=')
+                .ok_or_else(|| "write TYPE=/path/to/program".to_owned())
+                .and_then(|(t, p)| {
+                    credentials::check_name(t)?;
+                    let path = PathBuf::from(p);
+                    if !path.is_absolute() {
+                        return Err(format!("{p:?} is not an absolute path"));
+                    }
+                    Ok((t.to_owned(), path))
+                });
+            let (t, path) =
+                parsed.map_err(|why| l.invalid("handlers", item.clone(), v.source.clone(), why))?;
+            if jobs::builtin::TYPES.contains(&t.as_str()) {
+                return Err(l.invalid(
+                    "handlers",
+                    item.clone(),
+                    v.source.clone(),
+                    format!("{t} is a built-in job type; name the handler otherwise"),
+                ));
+            }
+            handlers.insert(t, path);
+        }
+    }
+    let mut creds = BTreeMap::new();
+    if let Some(v) = l.list("credentials")? {
+        for item in v.value.iter().filter(|s| !s.trim().is_empty()) {
+            let (name, source) = credentials::parse(item)
+                .map_err(|why| l.invalid("credentials", item.clone(), v.source.clone(), why))?;
+            creds.insert(name, source);
+        }
+    }
+    let max_concurrent = l.parse_with("max_concurrent_jobs", 4u32, |s| {
+        s.parse::<u32>()
+            .ok()
+            .filter(|n| *n <= 256)
+            .ok_or_else(|| "expected a number from 0 (runs no jobs) to 256".to_owned())
+    })?;
+    Ok(JobsConfig {
+        handlers,
+        credentials: creds,
+        max_concurrent,
+    })
 }
 
 fn parse_token(token: &SecretString, origin: Source) -> Result<JoinToken, ConfigError> {

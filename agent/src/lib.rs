@@ -13,6 +13,7 @@ pub mod config;
 pub mod egress;
 pub mod health;
 pub mod identity;
+pub mod jobs;
 pub mod probe;
 pub mod recent_logs;
 pub mod session;
@@ -56,6 +57,8 @@ pub struct Context {
     pub shared: Arc<shared::Shared>,
     /// Restarts the agent when a session loop stops making progress.
     pub watchdog: Option<watchdog::Watchdog>,
+    /// Runs jobs; outlives sessions.
+    pub jobs: Arc<jobs::Runner>,
 }
 
 /// How the agent stopped without an error.
@@ -106,12 +109,19 @@ pub async fn run(
         );
         std::process::exit(i32::from(shared::RESTART_EXIT_CODE));
     });
+    let policy = Arc::new(config.egress.clone());
+    let runner = Arc::new(jobs::Runner::new(
+        config.jobs.clone(),
+        policy.clone(),
+        shared.clone(),
+        &config.state_dir,
+    ));
     let ctx = Arc::new(Context {
         endpoint: config.endpoint.clone(),
         state_dir: config.state_dir.clone(),
         trust: config.trust.clone(),
         max_clock_skew: config.max_clock_skew,
-        policy: Arc::new(config.egress.clone()),
+        policy,
         labels: config.labels.clone(),
         hostname: hostname(),
         config_hash: hex::encode(digest::digest(&digest::SHA256, effective_yaml.as_bytes())),
@@ -119,6 +129,7 @@ pub async fn run(
         thresholds: config.thresholds,
         shared,
         watchdog,
+        jobs: runner,
     });
     if ctx.policy.is_empty() {
         warn!(

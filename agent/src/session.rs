@@ -19,8 +19,8 @@ use futures_util::{Stream, StreamExt, stream};
 use tether::{
     client,
     proto::{
-        AgentFrame, HealthSample, Heartbeat, Hello, JobRejected, JobUpdate, ProtocolVersion,
-        ResetCode, ServerFrame, agent_frame, job_update, server_frame, tunnel_client::TunnelClient,
+        AgentFrame, HealthSample, Heartbeat, Hello, JobUpdate, ProtocolVersion, ResetCode,
+        ServerFrame, agent_frame, server_frame, tunnel_client::TunnelClient,
     },
 };
 use tether_tunnel::{
@@ -142,13 +142,13 @@ pub async fn run(
             protocol_version: ProtocolVersion::ProtocolVersion1 as i32,
             agent_id: identity.info.agent_id.clone(),
             agent_version: tether::VERSION.into(),
-            capabilities: Vec::new(),
-            credential_names: Vec::new(),
+            capabilities: ctx.jobs.capabilities(),
+            credential_names: ctx.jobs.credential_names(),
             labels: ctx.labels.clone().into_iter().collect(),
             config_hash: ctx.config_hash.clone(),
             agent_time_unix_ms: unix_ms(),
             hostname: ctx.hostname.clone(),
-            max_concurrent_jobs: 0,
+            max_concurrent_jobs: ctx.jobs.max_concurrent(),
             egress_rules: ctx.policy.describe(),
             draining: ctx.shared.is_draining(),
             previous_session_id: String::new(),
@@ -208,6 +208,10 @@ pub async fn run(
     let mut renew_timer = Box::pin(tokio::time::sleep_until(until(identity.renew_at())));
     let mut renewal: Option<tokio::task::JoinHandle<Result<Enrolled, IdentityError>>> = None;
     let mut restarting = false;
+    // Job updates wait here between sessions; this session sends them. An
+    // update the control lane has no room for waits for the next tick.
+    let mut outbox = ctx.jobs.outbox.lock().await;
+    let mut unsent: Option<JobUpdate> = ctx.jobs.take_unsent();
     if let Some(w) = &ctx.watchdog {
         w.arm(interval * 3 + Duration::from_secs(10));
     }
@@ -239,6 +243,11 @@ pub async fn run(
                         tracker.spawn(channels::serve(ctx.policy.clone(), offer).in_current_span());
                     }
                 }
+                Some(u) = outbox.recv(), if unsent.is_none() => {
+                    if let Err(agent_frame::Kind::JobUpdate(u)) = connection.send_control(agent_frame::Kind::JobUpdate(u)) {
+                        unsent = Some(u);
+                    }
+                }
                 Some(frame) = control.recv() => {
                     if let Some(end) = handle_control(ctx, &connection, &tracker, &mut heartbeats, frame) {
                         connection.close("the control plane sent GoAway");
@@ -255,11 +264,17 @@ pub async fn run(
                         connection.close("heartbeats went unanswered");
                         break Ended::Lost("heartbeats went unanswered for three intervals".into());
                     }
+                    if let Some(u) = unsent.take()
+                        && let Err(agent_frame::Kind::JobUpdate(u)) = connection.send_control(agent_frame::Kind::JobUpdate(u))
+                    {
+                        unsent = Some(u);
+                    }
                     let (mut sample, problem) = sampler.sample();
                     note_problem(ctx.shared.set_problem(problem.clone()), problem);
                     sample.open_channels = u32::try_from(connection.channel_count()).unwrap_or(u32::MAX);
                     sample.config_hash.clone_from(&ctx.config_hash);
                     sample.draining = ctx.shared.is_draining();
+                    sample.running_jobs = u32::try_from(ctx.jobs.running()).unwrap_or(u32::MAX);
                     sample.certificate_not_after_unix_ms = identity.info.not_after_unix_ms;
                     let hb = heartbeats.next(sample);
                     if connection.send_control(agent_frame::Kind::Heartbeat(hb)).is_err() {
@@ -306,6 +321,9 @@ pub async fn run(
     if let Some(w) = &ctx.watchdog {
         w.disarm();
     }
+    // An update this session could not send goes out first in the next.
+    ctx.jobs.keep_unsent(unsent);
+    drop(outbox);
     if let Some(r) = renewal {
         r.abort();
     }
@@ -382,19 +400,8 @@ fn handle_control(
             // per session, and each ends by its own deadline.
             tracker.spawn(commands::run(ctx.clone(), connection.clone(), cmd).in_current_span());
         }
-        server_frame::Kind::JobAssign(job) => {
-            let update = JobUpdate {
-                job_id: job.job_id,
-                lease_token: job.lease_token,
-                kind: Some(job_update::Kind::Rejected(JobRejected {
-                    reason: format!(
-                        "agent version {} runs no jobs; upgrade the agent",
-                        tether::VERSION
-                    ),
-                })),
-            };
-            let _ = connection.send_control(agent_frame::Kind::JobUpdate(update));
-        }
+        server_frame::Kind::JobAssign(job) => ctx.jobs.assign(job),
+        server_frame::Kind::JobCancel(c) => ctx.jobs.cancel(&c.job_id, c.lease_token, &c.reason),
         server_frame::Kind::Welcome(_) => warn!("ignoring a second Welcome"),
         other => {
             debug!(kind = ?std::mem::discriminant(&other), "ignoring a frame this version does not handle")

@@ -98,6 +98,9 @@ pub struct Args {
     /// Health samples kept per agent [default: 60].
     #[arg(long, env = "TETHER_HEALTH_HISTORY_SAMPLES")]
     pub health_history_samples: Option<String>,
+    /// How long finished jobs (with their logs) are kept [default: 7d].
+    #[arg(long, env = "TETHER_JOB_RETENTION")]
+    pub job_retention: Option<String>,
     /// How long agent events are kept [default: 30d].
     #[arg(long, env = "TETHER_EVENT_RETENTION")]
     pub event_retention: Option<String>,
@@ -152,6 +155,8 @@ pub struct Config {
     pub health_history_samples: u32,
     /// Event retention.
     pub event_retention: Duration,
+    /// Finished-job retention.
+    pub job_retention: Duration,
     /// Log format.
     pub log_format: logging::Format,
     /// Log filter.
@@ -322,6 +327,14 @@ impl Config {
                 },
             )?,
             health_history_samples,
+            job_retention: l.parse_with("job_retention", Duration::from_secs(7 * 86_400), |s| {
+                within(
+                    parse_duration(s)?,
+                    Duration::from_secs(60),
+                    Duration::from_secs(3650 * 86_400),
+                    "between 1m and 3650d",
+                )
+            })?,
             event_retention: l.parse_with(
                 "event_retention",
                 Duration::from_secs(30 * 86_400),

@@ -18,6 +18,7 @@ pub mod config;
 pub mod events;
 pub mod gateway;
 pub mod identity;
+pub mod jobs;
 pub mod metrics;
 pub mod ops;
 pub mod registry;
@@ -289,6 +290,7 @@ pub async fn run(
         metrics: Metrics::new(),
         gateways: Gateways::default(),
         events,
+        jobs: jobs::Jobs::default(),
         replica_id: format!("r-{}", secrets::random_hex(4)),
         // Not a child of `cancel`: sessions and gateways must outlive the
         // signal until shutdown() has drained them.
@@ -298,6 +300,11 @@ pub async fn run(
     });
     start_gateways(&state).await;
     tracker.spawn(watcher::run(state.clone()));
+    tracker.spawn(jobs::dispatch::run(state.clone()));
+    tracker.spawn(jobs::sweep::run(state.clone()));
+    if let StoreSetting::Postgres(url) = &state.config.store {
+        tracker.spawn(jobs::listen::run(state.clone(), url.clone()));
+    }
     if let (Some(hook), Some(queue)) = (state.config.alert_webhook.clone(), webhook_queue) {
         tracker.spawn(webhook::run(
             hook,

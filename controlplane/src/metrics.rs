@@ -48,6 +48,20 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobStateLabels {
+    org: String,
+    pool: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    pool: String,
+    /// succeeded, failed, retried, cancelled.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OrgPoolLabels {
     org: String,
     pool: String,
@@ -118,6 +132,10 @@ struct Inner {
     pool_disk_free_min: Family<OrgPoolLabels, Gauge>,
     pool_inodes_free_min: Family<OrgPoolLabels, Gauge>,
     pool_cert_expiry_min: Family<OrgPoolLabels, Gauge<f64, AtomicU64>>,
+    jobs: Family<JobStateLabels, Gauge>,
+    job_outcomes: Family<OutcomeLabels, Counter>,
+    job_claim: Histogram,
+    job_dispatch_delay: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,6 +177,14 @@ impl Metrics {
             pool_disk_free_min: Family::default(),
             pool_inodes_free_min: Family::default(),
             pool_cert_expiry_min: Family::default(),
+            jobs: Family::default(),
+            job_outcomes: Family::default(),
+            job_claim: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.000_1, 2.0, 16,
+            )),
+            job_dispatch_delay: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_5, 2.0, 20),
+            ),
             registry: Registry::default(),
         };
         registry.register(
@@ -264,6 +290,26 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             inner.pool_cert_expiry_min.clone(),
         );
+        registry.register(
+            "jobs",
+            "Jobs waiting or running, by org, pool and state (pending, assigned, running, unschedulable)",
+            inner.jobs.clone(),
+        );
+        registry.register(
+            "job_attempts_ended",
+            "Job attempts that ended, by pool and outcome (succeeded, failed, retried, cancelled)",
+            inner.job_outcomes.clone(),
+        );
+        registry.register(
+            "job_claim_seconds",
+            "Time one job claim took in the store",
+            inner.job_claim.clone(),
+        );
+        registry.register(
+            "job_dispatch_delay_seconds",
+            "From submission to the first assignment to an agent",
+            inner.job_dispatch_delay.clone(),
+        );
         let inner = Inner { registry, ..inner };
         Self {
             inner: Arc::new(inner),
@@ -366,6 +412,48 @@ impl Metrics {
             .webhook
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// A job was claimed for an agent.
+    pub fn job_claimed(&self, claim_seconds: f64, attempt: u32, since_submit_ms: i64) {
+        self.inner.job_claim.observe(claim_seconds);
+        if attempt == 1 {
+            self.inner
+                .job_dispatch_delay
+                .observe(since_submit_ms.max(0) as f64 / 1000.0);
+        }
+    }
+
+    /// An attempt ended and left the job in `state`.
+    pub fn job_finished(&self, pool: &str, state: &str) {
+        let outcome = match state {
+            "succeeded" => "succeeded",
+            "pending" => "retried",
+            "cancelled" => "cancelled",
+            _ => "failed",
+        };
+        self.inner
+            .job_outcomes
+            .get_or_create(&OutcomeLabels {
+                pool: pool.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Replaces the job gauges (set at scrape time).
+    pub fn set_jobs(&self, counts: &[(String, String, String, u64)]) {
+        self.inner.jobs.clear();
+        for (org, pool, state, n) in counts {
+            self.inner
+                .jobs
+                .get_or_create(&JobStateLabels {
+                    org: org.clone(),
+                    pool: pool.clone(),
+                    state: state.clone(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Replaces the per-pool gauges (set at scrape time): pools that are

@@ -157,6 +157,10 @@ async fn metrics(
     headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
     state.metrics.set_pools(&pool_snapshots(&state).await);
+    match state.store.job_counts().await {
+        Ok(counts) => state.metrics.set_jobs(&counts),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count jobs in the store"),
+    }
     let interval = state.config.heartbeat_interval;
     let sessions = state.registry.all();
     let oldest = sessions

@@ -27,6 +27,12 @@ pub struct HelloInfo {
     pub version: String,
     pub hostname: String,
     pub config_hash: String,
+    /// Job types the agent runs.
+    pub capabilities: Vec<String>,
+    /// Credentials it holds, by name.
+    pub credential_names: Vec<String>,
+    /// Jobs it runs at once.
+    pub max_jobs: u32,
 }
 
 /// The latest heartbeat of a session.
@@ -62,6 +68,8 @@ pub struct LiveSession {
     draining: AtomicBool,
     /// When a health sample was last kept in the history (Unix ms).
     history_ms: AtomicI64,
+    /// Jobs this agent holds a lease on: job id → lease token.
+    held_jobs: Mutex<HashMap<String, u64>>,
     heartbeat: Mutex<Heartbeat>,
 }
 
@@ -92,6 +100,7 @@ impl LiveSession {
             commands: crate::commands::Commands::default(),
             draining: AtomicBool::new(draining),
             history_ms: AtomicI64::new(0),
+            held_jobs: Mutex::new(HashMap::new()),
             heartbeat: Mutex::new(Heartbeat {
                 at: Instant::now(),
                 at_ms: connected_ms,
@@ -138,6 +147,70 @@ impl LiveSession {
             .heartbeat
             .lock()
             .expect("heartbeat lock poisoned: a task panicked while holding it") = hb;
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.held_jobs
+            .lock()
+            .expect("job table lock poisoned: a task panicked while holding it")
+    }
+
+    /// Job slots free on the agent.
+    pub fn free_job_slots(&self) -> usize {
+        usize::try_from(self.hello.max_jobs)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.held().len())
+    }
+
+    /// Jobs it holds now.
+    pub fn held_job_count(&self) -> usize {
+        self.held().len()
+    }
+
+    /// A job was pushed to the agent.
+    pub fn hold_job(&self, job_id: &str, token: u64) {
+        self.held().insert(job_id.to_owned(), token);
+    }
+
+    /// A job of the agent ended (or its lease was lost); true if it held
+    /// that lease.
+    pub fn release_job(&self, job_id: &str, token: u64) -> bool {
+        let mut held = self.held();
+        if held.get(job_id) == Some(&token) {
+            held.remove(job_id);
+            return true;
+        }
+        false
+    }
+
+    /// Replaces what the agent holds with the store's view (after a lease
+    /// renewal); returns the leases it no longer holds (cancelled,
+    /// reassigned), whose handlers must stop.
+    pub fn sync_jobs(&self, now_held: Vec<(String, u64)>) -> Vec<(String, u64)> {
+        let mut held = self.held();
+        let fresh: HashMap<String, u64> = now_held.into_iter().collect();
+        let lost = held
+            .iter()
+            .filter(|(id, t)| fresh.get(*id) != Some(*t))
+            .map(|(id, t)| (id.clone(), *t))
+            .collect();
+        *held = fresh;
+        lost
+    }
+
+    /// Whether the agent can be given jobs: it runs some, is not drained,
+    /// heart-beats (a stale agent would let its leases lapse), reports no
+    /// workspace problem, and its session is up.
+    pub fn takes_jobs(&self, interval: Duration) -> bool {
+        !self.hello.capabilities.is_empty()
+            && self.hello.max_jobs > 0
+            && !self.is_draining()
+            && !self.is_stale(interval)
+            && !self.connection.is_closed()
+            && self
+                .heartbeat()
+                .sample
+                .is_none_or(|h| h.problem_code.is_empty())
     }
 
     /// No heartbeat for three intervals.

@@ -26,6 +26,8 @@ pub struct State {
     pub gateways: Gateways,
     /// Agent events: watchers and the alert webhook.
     pub events: Events,
+    /// Wakes the job dispatcher.
+    pub jobs: crate::jobs::Jobs,
     /// This replica's id (random per start).
     pub replica_id: String,
     /// The address agents and clients use.

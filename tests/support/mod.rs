@@ -560,6 +560,12 @@ impl ControlPlane {
     /// Enrolls a fresh agent in `pool` and attaches a raw session for it;
     /// returns once Welcome arrived.
     pub async fn raw_session(&self, pool: &str) -> RawSession {
+        self.raw_session_running(pool, &[]).await
+    }
+
+    /// A hand-driven session that declares it runs `job_types` (one at a
+    /// time).
+    pub async fn raw_session_running(&self, pool: &str, job_types: &[&str]) -> RawSession {
         use tether::proto::{
             AgentFrame, Hello, ProtocolVersion, agent_frame, server_frame,
             tunnel_client::TunnelClient,
@@ -586,6 +592,8 @@ impl ControlPlane {
             kind: Some(agent_frame::Kind::Hello(Hello {
                 protocol_version: ProtocolVersion::ProtocolVersion1 as i32,
                 agent_id: enrolled.agent_id.clone(),
+                capabilities: job_types.iter().map(|t| (*t).to_owned()).collect(),
+                max_concurrent_jobs: u32::from(!job_types.is_empty()),
                 ..Default::default()
             })),
         })

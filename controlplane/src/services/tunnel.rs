@@ -36,6 +36,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 /// How long the control plane waits for the answer to a bookkeeping command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most jobs one agent may run at once, whatever it asks for.
+const MAX_JOBS_PER_AGENT: u32 = 256;
+/// Longest job type or credential name.
+const MAX_NAME: usize = 64;
 /// Most labels, capabilities or credential names one Hello may carry.
 const MAX_HELLO_ITEMS: usize = 256;
 
@@ -72,6 +76,16 @@ fn check_hello(hello: &Hello, agent_id: &str) -> Result<(), Status> {
     {
         return Err(Status::invalid_argument(format!(
             "Hello carries more than {MAX_HELLO_ITEMS} labels, capabilities or credential names"
+        )));
+    }
+    if let Some(bad) = hello
+        .capabilities
+        .iter()
+        .chain(&hello.credential_names)
+        .find(|n| n.is_empty() || n.len() > MAX_NAME)
+    {
+        return Err(Status::invalid_argument(format!(
+            "Hello declares the job type or credential {bad:?}: names are 1-{MAX_NAME} bytes"
         )));
     }
     Ok(())
@@ -157,6 +171,9 @@ impl Tunnel for TunnelService {
                 version: hello.agent_version,
                 hostname: hello.hostname,
                 config_hash: hello.config_hash,
+                capabilities: hello.capabilities,
+                credential_names: hello.credential_names,
+                max_jobs: hello.max_concurrent_jobs.min(MAX_JOBS_PER_AGENT),
             },
             hello.draining || record.drained_ms != 0,
             cancel,
@@ -228,6 +245,8 @@ async fn run_session(
     mut incoming: mpsc::Receiver<IncomingChannel<ServerWire>>,
 ) {
     info!(peer = ?live.peer, version = %live.hello.version, "agent attached");
+    // New capacity: give it work now, not at the next poll.
+    state.jobs.wake();
     let mut driver = driver;
     let end = loop {
         tokio::select! {
@@ -257,6 +276,7 @@ async fn handle_control(state: &Shared, live: &LiveSession, frame: agent_frame::
         agent_frame::Kind::Hello(_) => {
             warn!("ignoring a second Hello on a running session");
         }
+        agent_frame::Kind::JobUpdate(u) => crate::jobs::updates::handle(state, live, u).await,
         agent_frame::Kind::CommandResult(r) => {
             let id = r.command_id;
             if !live.commands.complete(r) {
@@ -314,6 +334,7 @@ async fn handle_heartbeat(state: &Shared, live: &LiveSession, hb: Heartbeat) {
             warn!(error = %e, "could not keep a health sample in the history");
         }
     }
+    renew_job_leases(state, live, now).await;
     live.record_heartbeat(registry::Heartbeat {
         at: tokio::time::Instant::now(),
         at_ms: now,
@@ -329,5 +350,33 @@ async fn handle_heartbeat(state: &Shared, live: &LiveSession, hb: Heartbeat) {
         .await
     {
         warn!(error = %e, "could not record a heartbeat in the store");
+    }
+}
+
+/// Every heartbeat renews the leases of the agent's jobs (whichever session
+/// claimed them) and learns which it no longer holds (cancelled, swept,
+/// reassigned): their handlers are told to stop. Agents that run no jobs
+/// cost nothing here.
+async fn renew_job_leases(state: &Shared, live: &LiveSession, now: i64) {
+    if live.hello.capabilities.is_empty() {
+        return;
+    }
+    let lease = i64::try_from(crate::jobs::lease(state).as_millis()).unwrap_or(i64::MAX);
+    match state
+        .store
+        .renew_leases(&live.agent_id, now.saturating_add(lease))
+        .await
+    {
+        Ok(held) => {
+            for (job_id, token) in live.sync_jobs(held) {
+                crate::jobs::stop_on_agent(
+                    live,
+                    &job_id,
+                    token,
+                    "the job is no longer this agent's (cancelled, or its lease lapsed)",
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "could not renew the agent's job leases"),
     }
 }

@@ -9,6 +9,7 @@ mod connect;
 mod diagnose;
 mod dial;
 mod events;
+mod jobs;
 mod keys;
 mod output;
 mod pools;
@@ -47,6 +48,9 @@ enum Command {
     Pools(pools::PoolsCommand),
     /// Agent state changes and alerts (stale, offline, disk low, ...).
     Events(events::EventsArgs),
+    /// Jobs that run on the agents of a pool: submit, list, get, cancel, logs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
     /// Connections: named routes (pool + target), optionally with a gateway port.
     #[command(subcommand)]
     Connections(admin::ConnectionsCommand),
@@ -77,6 +81,7 @@ async fn main() -> ExitCode {
         Command::Agents(c) => admin::agents(&cli.connect, cli.output, c).await,
         Command::Pools(c) => pools::pools(&cli.connect, cli.output, c).await,
         Command::Events(args) => events::run(&cli.connect, cli.output, args).await,
+        Command::Jobs(c) => jobs::jobs(&cli.connect, cli.output, c).await,
         Command::Connections(c) => admin::connections(&cli.connect, cli.output, c).await,
         Command::Keys(c) => keys::keys(&cli.connect, cli.output, c).await,
         Command::Audit { limit } => keys::audit(&cli.connect, cli.output, limit).await,

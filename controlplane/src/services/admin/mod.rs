@@ -4,14 +4,14 @@
 //! changes agents, tokens and connections, admin also keys and the audit
 //! log) and is scoped to the key's org: objects of other orgs are neither
 //! listed nor reachable (NOT_FOUND). Changing calls, commands run on agents
-//! and refusals are written to the audit log. Calls that belong to later
-//! work (jobs) answer UNIMPLEMENTED with a message saying so.
+//! and refusals are written to the audit log.
 
 mod agents;
 mod connections;
 mod diagnostics;
 mod drain;
 mod events;
+mod jobs;
 mod keys;
 mod pools;
 mod tokens;
@@ -50,12 +50,6 @@ impl AdminService {
     pub fn new(state: Shared) -> Self {
         Self { state }
     }
-}
-
-fn later(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not available in this version of Tether yet"
-    ))
 }
 
 #[tonic::async_trait]
@@ -368,33 +362,51 @@ impl Admin for AdminService {
     }
 
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
-        authorize(&self.state, &req, Need::Operate, "SubmitJob").await?;
-        Err(later("jobs"))
+        let who = authorize(&self.state, &req, Need::Operate, "SubmitJob").await?;
+        let pool = req.get_ref().pool.clone();
+        let result = jobs::submit(&self.state, &who, req.into_inner()).await;
+        let target = match &result {
+            Ok(j) => format!("job {} pool {pool}", j.job_id),
+            Err(_) => format!("pool {pool}"),
+        };
+        audit::outcome(&self.state, &who, "SubmitJob", &target, result)
+            .await
+            .map(Response::new)
     }
 
     async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
-        authorize(&self.state, &req, Need::Read, "GetJob").await?;
-        Err(later("jobs"))
+        let who = authorize(&self.state, &req, Need::Read, "GetJob").await?;
+        jobs::get(&self.state, &who, &req.into_inner().job_id)
+            .await
+            .map(Response::new)
     }
 
     async fn list_jobs(
         &self,
         req: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        authorize(&self.state, &req, Need::Read, "ListJobs").await?;
-        Err(later("jobs"))
+        let who = authorize(&self.state, &req, Need::Read, "ListJobs").await?;
+        jobs::list(&self.state, &who, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn cancel_job(&self, req: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
-        authorize(&self.state, &req, Need::Operate, "CancelJob").await?;
-        Err(later("jobs"))
+        let who = authorize(&self.state, &req, Need::Operate, "CancelJob").await?;
+        let id = req.get_ref().job_id.clone();
+        let result = jobs::cancel(&self.state, &who, req.into_inner()).await;
+        audit::outcome(&self.state, &who, "CancelJob", &id, result)
+            .await
+            .map(Response::new)
     }
 
     async fn get_job_logs(
         &self,
         req: Request<GetJobLogsRequest>,
     ) -> Result<Response<GetJobLogsResponse>, Status> {
-        authorize(&self.state, &req, Need::Read, "GetJobLogs").await?;
-        Err(later("jobs"))
+        let who = authorize(&self.state, &req, Need::Read, "GetJobLogs").await?;
+        jobs::logs(&self.state, &who, &req.into_inner().job_id)
+            .await
+            .map(Response::new)
     }
 }
