@@ -449,3 +449,72 @@ async fn a_killed_agents_job_completes_elsewhere_and_a_late_result_is_refused() 
         (&b"fresh"[..], JobState::Succeeded as i32)
     );
 }
+
+/// The next frame of kind `pick` on a raw session, within `WAIT`.
+async fn next_of<T>(
+    raw: &mut support::RawSession,
+    pick: impl Fn(server_frame::Kind) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let f = raw.inbound.message().await.unwrap().unwrap();
+            if let Some(t) = f.kind.and_then(&pick) {
+                return t;
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_updates_are_acknowledged_and_a_resent_one_is_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let mut raw = cp.raw_session_running("acks", &["echo"]).await;
+    let j = cp
+        .admin()
+        .submit_job(submit("acks", "echo", b"in", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let assign = next_of(&mut raw, |k| match k {
+        server_frame::Kind::JobAssign(a) => Some(a),
+        _ => None,
+    })
+    .await;
+    // The agent reports its result twice, as it does when the session the
+    // first report travelled on was lost before the acknowledgement came.
+    for result in [&b"first"[..], b"again"] {
+        raw.tx
+            .send(AgentFrame {
+                kind: Some(agent_frame::Kind::JobUpdate(JobUpdate {
+                    job_id: assign.job_id.clone(),
+                    lease_token: assign.lease_token,
+                    kind: Some(job_update::Kind::Succeeded(JobSucceeded {
+                        result: result.to_vec(),
+                    })),
+                })),
+            })
+            .await
+            .unwrap();
+        let ack = next_of(&mut raw, |k| match k {
+            server_frame::Kind::JobAck(a) => Some(a),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            (ack.job_id.as_str(), ack.lease_token),
+            (j.job_id.as_str(), assign.lease_token)
+        );
+    }
+    let done = job(&cp, &j.job_id).await;
+    assert_eq!(
+        (done.state, done.result.as_slice(), done.attempts),
+        (JobState::Succeeded as i32, &b"first"[..], 1)
+    );
+    assert!(
+        !cp.logs.text().contains("refused a job update"),
+        "a resent final update is not an error"
+    );
+}

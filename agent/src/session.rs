@@ -19,7 +19,7 @@ use futures_util::{Stream, StreamExt, stream};
 use tether::{
     client,
     proto::{
-        AgentFrame, HealthSample, Heartbeat, Hello, JobUpdate, ProtocolVersion, ResetCode,
+        AgentFrame, HealthSample, Heartbeat, HeldJob, Hello, JobUpdate, ProtocolVersion, ResetCode,
         ServerFrame, agent_frame, server_frame, tunnel_client::TunnelClient,
     },
 };
@@ -212,6 +212,9 @@ pub async fn run(
     // update the control lane has no room for waits for the next tick.
     let mut outbox = ctx.jobs.outbox.lock().await;
     let mut unsent: Option<JobUpdate> = ctx.jobs.take_unsent();
+    // Final updates the last session may have lost go again (the control
+    // plane acknowledges duplicates quietly).
+    resend_finals(&ctx.jobs, &connection, Duration::ZERO);
     if let Some(w) = &ctx.watchdog {
         w.arm(interval * 3 + Duration::from_secs(10));
     }
@@ -269,6 +272,7 @@ pub async fn run(
                     {
                         unsent = Some(u);
                     }
+                    resend_finals(&ctx.jobs, &connection, interval * 3);
                     let (mut sample, problem) = sampler.sample();
                     note_problem(ctx.shared.set_problem(problem.clone()), problem);
                     sample.open_channels = u32::try_from(connection.channel_count()).unwrap_or(u32::MAX);
@@ -276,7 +280,7 @@ pub async fn run(
                     sample.draining = ctx.shared.is_draining();
                     sample.running_jobs = u32::try_from(ctx.jobs.running()).unwrap_or(u32::MAX);
                     sample.certificate_not_after_unix_ms = identity.info.not_after_unix_ms;
-                    let hb = heartbeats.next(sample);
+                    let hb = heartbeats.next(sample, ctx.jobs.held());
                     if connection.send_control(agent_frame::Kind::Heartbeat(hb)).is_err() {
                         debug!("heartbeat not queued: the control lane is full or the session ended");
                     }
@@ -402,12 +406,31 @@ fn handle_control(
         }
         server_frame::Kind::JobAssign(job) => ctx.jobs.assign(job),
         server_frame::Kind::JobCancel(c) => ctx.jobs.cancel(&c.job_id, c.lease_token, &c.reason),
+        server_frame::Kind::JobAck(a) => ctx.jobs.acked(&a.job_id, a.lease_token),
         server_frame::Kind::Welcome(_) => warn!("ignoring a second Welcome"),
         other => {
             debug!(kind = ?std::mem::discriminant(&other), "ignoring a frame this version does not handle")
         }
     }
     None
+}
+
+/// Sends the final job updates still unacknowledged after `after`; one the
+/// control lane has no room for goes at a later tick.
+fn resend_finals(
+    jobs: &crate::jobs::Runner,
+    connection: &driver::Connection<AgentWire>,
+    after: Duration,
+) {
+    for u in jobs.finals_due(after) {
+        debug!(job_id = %u.job_id, "sending a job's final update again: not acknowledged yet");
+        if connection
+            .send_control(agent_frame::Kind::JobUpdate(u))
+            .is_err()
+        {
+            break;
+        }
+    }
 }
 
 /// Heartbeat bookkeeping: sequence numbers, send times, measured RTT.
@@ -434,7 +457,7 @@ impl Heartbeats {
         }
     }
 
-    fn next(&mut self, sample: HealthSample) -> Heartbeat {
+    fn next(&mut self, sample: HealthSample, held_jobs: Vec<HeldJob>) -> Heartbeat {
         self.sequence += 1;
         if self.pending.len() == MAX_PENDING {
             self.pending.pop_front();
@@ -445,6 +468,7 @@ impl Heartbeats {
             agent_time_unix_ms: unix_ms(),
             last_rtt_us: u64::try_from(self.last_rtt.as_micros()).unwrap_or(u64::MAX),
             sample: Some(sample),
+            held_jobs,
         }
     }
 

@@ -70,6 +70,10 @@ pub struct LiveSession {
     history_ms: AtomicI64,
     /// Jobs this agent holds a lease on: job id → lease token.
     held_jobs: Mutex<HashMap<String, u64>>,
+    /// Taken around a claim for this agent and around a heartbeat's lease
+    /// renewal, so a renewal's view of the store never erases a job
+    /// claimed while it ran.
+    pub job_sync: tokio::sync::Mutex<()>,
     heartbeat: Mutex<Heartbeat>,
 }
 
@@ -101,6 +105,7 @@ impl LiveSession {
             draining: AtomicBool::new(draining),
             history_ms: AtomicI64::new(0),
             held_jobs: Mutex::new(HashMap::new()),
+            job_sync: tokio::sync::Mutex::new(()),
             heartbeat: Mutex::new(Heartbeat {
                 at: Instant::now(),
                 at_ms: connected_ms,
@@ -183,19 +188,10 @@ impl LiveSession {
         false
     }
 
-    /// Replaces what the agent holds with the store's view (after a lease
-    /// renewal); returns the leases it no longer holds (cancelled,
-    /// reassigned), whose handlers must stop.
-    pub fn sync_jobs(&self, now_held: Vec<(String, u64)>) -> Vec<(String, u64)> {
-        let mut held = self.held();
-        let fresh: HashMap<String, u64> = now_held.into_iter().collect();
-        let lost = held
-            .iter()
-            .filter(|(id, t)| fresh.get(*id) != Some(*t))
-            .map(|(id, t)| (id.clone(), *t))
-            .collect();
-        *held = fresh;
-        lost
+    /// Replaces what the agent holds with the store's view (taken under
+    /// `job_sync`, after a lease renewal).
+    pub fn set_held_jobs(&self, assigned: Vec<(String, u64)>) {
+        *self.held() = assigned.into_iter().collect();
     }
 
     /// Whether the agent can be given jobs: it runs some, is not drained,

@@ -265,6 +265,38 @@ impl ControlPlane {
         }
     }
 
+    /// Another replica of `first`: a data directory of its own, the same
+    /// PostgreSQL store and the same CA (so agents enrolled anywhere attach
+    /// anywhere). Needs `TETHER_TEST_STORE=postgres`.
+    pub async fn replica_of(first: &ControlPlane, data_dir: &Path, extra: &[&str]) -> Self {
+        let url = store_url(&first.data_dir)
+            .await
+            .expect("replicas share a PostgreSQL store: run with TETHER_TEST_STORE=postgres");
+        let ca = first.data_dir.join("ca.pem");
+        let key = first.data_dir.join("ca.key");
+        let mut cmd = Command::new(binary("tether-controlplane"));
+        cmd.env("TETHER_STORE", url)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--ca-cert-file")
+            .arg(&ca)
+            .arg("--ca-key-file")
+            .arg(&key)
+            .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--heartbeat-interval", "200ms"])
+            .args(["--drain-timeout", "2s"])
+            .args(extra);
+        let (child, logs) = spawn(cmd);
+        let ready = logs.wait_for("control plane ready").await;
+        Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            grpc: ready["grpc"].as_str().unwrap().parse().unwrap(),
+            ops: ready["ops"].as_str().unwrap().parse().unwrap(),
+            logs,
+        }
+    }
+
     pub async fn start(data_dir: &Path) -> Self {
         Self::start_on(data_dir, "127.0.0.1:0", &[]).await
     }

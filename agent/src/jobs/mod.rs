@@ -18,9 +18,10 @@ use std::{
 };
 
 use tether::proto::{
-    JobAssign, JobFailed, JobLog, JobRejected, JobStarted, JobSucceeded, JobUpdate, job_update,
+    HeldJob, JobAssign, JobFailed, JobLog, JobRejected, JobStarted, JobSucceeded, JobUpdate,
+    job_update,
 };
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -32,6 +33,8 @@ pub const MAX_RESULT: usize = 1024 * 1024;
 /// Updates waiting for a session (log lines are dropped beyond; results
 /// wait for room).
 const OUTBOX: usize = 1024;
+/// Unacknowledged final updates kept at most.
+const MAX_FINALS: usize = 4096;
 /// Log lines per update, and how long a partial batch may wait.
 const LOG_BATCH: usize = 100;
 const LOG_FLUSH: Duration = Duration::from_millis(200);
@@ -63,6 +66,14 @@ struct Running {
     cancel: CancellationToken,
 }
 
+/// A final update (succeeded, failed, rejected) waiting for its JobAck.
+#[derive(Debug)]
+struct Final {
+    update: JobUpdate,
+    /// When it was last handed to a session.
+    sent: Instant,
+}
+
 /// Takes jobs, runs them, reports.
 #[derive(Debug)]
 pub struct Runner {
@@ -71,6 +82,9 @@ pub struct Runner {
     shared: Arc<Shared>,
     tmp_dir: PathBuf,
     running: Mutex<HashMap<String, Running>>,
+    /// Final updates the control plane has not acknowledged, by job id:
+    /// sent again on the next session, so none is lost with a session.
+    finals: Mutex<HashMap<String, Final>>,
     tx: mpsc::Sender<JobUpdate>,
     /// Drained by the current session (one at a time).
     pub outbox: tokio::sync::Mutex<mpsc::Receiver<JobUpdate>>,
@@ -101,6 +115,7 @@ impl Runner {
             shared,
             tmp_dir: state_dir.join("job-credentials"),
             running: Mutex::new(HashMap::new()),
+            finals: Mutex::new(HashMap::new()),
             tx,
             outbox: tokio::sync::Mutex::new(rx),
             unsent: Mutex::new(None),
@@ -149,6 +164,79 @@ impl Runner {
         self.jobs().len()
     }
 
+    fn finals(&self) -> std::sync::MutexGuard<'_, HashMap<String, Final>> {
+        self.finals
+            .lock()
+            .expect("final update table lock poisoned: a task panicked while holding it")
+    }
+
+    /// The jobs it holds, with their leases (for the heartbeat, which
+    /// renews exactly these): running ones, and finished ones whose final
+    /// update is not acknowledged yet.
+    pub fn held(&self) -> Vec<HeldJob> {
+        let mut held: Vec<HeldJob> = self
+            .jobs()
+            .iter()
+            .map(|(id, r)| HeldJob {
+                job_id: id.clone(),
+                lease_token: r.token,
+            })
+            .collect();
+        held.extend(self.finals().values().map(|f| HeldJob {
+            job_id: f.update.job_id.clone(),
+            lease_token: f.update.lease_token,
+        }));
+        held
+    }
+
+    /// Keeps a final update until the control plane acknowledges it.
+    fn keep_final(&self, u: &JobUpdate) {
+        let mut finals = self.finals();
+        if finals.len() >= MAX_FINALS && !finals.contains_key(&u.job_id) {
+            // Only a control plane that never acknowledges gets here.
+            if let Some(oldest) = finals
+                .iter()
+                .min_by_key(|(_, f)| f.sent)
+                .map(|(id, _)| id.clone())
+            {
+                warn!(job_id = %oldest, "forgetting an unacknowledged job result: {MAX_FINALS} are waiting");
+                finals.remove(&oldest);
+            }
+        }
+        finals.insert(
+            u.job_id.clone(),
+            Final {
+                update: u.clone(),
+                sent: Instant::now(),
+            },
+        );
+    }
+
+    /// The control plane recorded a job's final update.
+    pub fn acked(&self, job_id: &str, token: u64) {
+        let mut finals = self.finals();
+        if finals
+            .get(job_id)
+            .is_some_and(|f| f.update.lease_token == token)
+        {
+            finals.remove(job_id);
+        }
+    }
+
+    /// Final updates to send (again): every one at a session's start
+    /// (`unacknowledged_for` zero), later those unacknowledged that long.
+    pub fn finals_due(&self, unacknowledged_for: Duration) -> Vec<JobUpdate> {
+        let now = Instant::now();
+        self.finals()
+            .values_mut()
+            .filter(|f| now.duration_since(f.sent) >= unacknowledged_for)
+            .map(|f| {
+                f.sent = now;
+                f.update.clone()
+            })
+            .collect()
+    }
+
     /// Sends an update that must not be lost (waits for room).
     async fn report(&self, u: JobUpdate) {
         if self.tx.send(u).await.is_err() {
@@ -163,6 +251,7 @@ impl Runner {
             job.lease_token,
             job_update::Kind::Rejected(JobRejected { reason }),
         );
+        self.keep_final(&u);
         let me = self.clone();
         self.tasks.spawn(async move { me.report(u).await });
     }
@@ -217,6 +306,8 @@ impl Runner {
     /// Stops a job (cancelled, or its lease is gone); nothing more is
     /// reported for it.
     pub fn cancel(&self, job_id: &str, token: u64, reason: &str) {
+        // A final update for it is moot too.
+        self.acked(job_id, token);
         let mut jobs = self.jobs();
         if jobs.get(job_id).is_some_and(|r| r.token == token)
             && let Some(r) = jobs.remove(job_id)
@@ -241,7 +332,9 @@ impl Runner {
             }
         };
         logs.flush();
-        // Cancelled: the control plane no longer wants to hear of it.
+        // Cancelled: the control plane no longer wants to hear of it. The
+        // job leaves the table before its final update is queued, so the
+        // slot is free by the time the control plane reuses it.
         let still_mine = {
             let mut jobs = self.jobs();
             let mine = jobs.get(&id).is_some_and(|r| r.token == token);
@@ -267,7 +360,9 @@ impl Runner {
                 })
             }
         };
-        self.report(update(&id, token, kind)).await;
+        let u = update(&id, token, kind);
+        self.keep_final(&u);
+        self.report(u).await;
     }
 
     async fn run_handler(

@@ -70,6 +70,9 @@ pub async fn round(state: &Shared) {
             if s.free_job_slots() == 0 || s.connection.is_closed() || empty.contains(&shape(s)) {
                 continue;
             }
+            // Held until the job is in the session's table: a heartbeat's
+            // renewal in between would not see it.
+            let sync = s.job_sync.lock().await;
             let started = Instant::now();
             let job = match state.store.claim_job(&claimant(state, s), now_ms()).await {
                 Ok(Some(j)) => j,
@@ -89,6 +92,7 @@ pub async fn round(state: &Shared) {
             );
             claimed = true;
             s.hold_job(&job.job_id, job.lease_token);
+            drop(sync);
             debug!(job_id = %job.job_id, agent_id = %s.agent_id, token = job.lease_token, "job assigned");
             let assign = JobAssign {
                 job_id: job.job_id,

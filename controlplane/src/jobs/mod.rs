@@ -44,10 +44,15 @@ impl Jobs {
     }
 }
 
+/// The shortest lease, whatever the heartbeat interval: a control plane
+/// or store busy for a moment must not take jobs from agents that are
+/// fine (a lapsed lease costs an attempt).
+const MIN_LEASE: Duration = Duration::from_secs(5);
+
 /// How long a lease lasts without a heartbeat renewing it: three heartbeat
-/// intervals, like staleness.
+/// intervals, like staleness, and at least [`MIN_LEASE`].
 pub fn lease(state: &State) -> Duration {
-    state.config.heartbeat_interval * 3
+    (state.config.heartbeat_interval * 3).max(MIN_LEASE)
 }
 
 /// Tells an agent to stop a job (cancelled, lost its lease, stale token).

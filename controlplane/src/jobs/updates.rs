@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tether::proto::{JobUpdate, job_update};
+use tether::proto::{JobAck, JobUpdate, job_update, server_frame};
 use tracing::{debug, info, warn};
 
 use super::{MAX_LOG_LINES, MAX_PAYLOAD, stop_on_agent};
@@ -48,6 +48,10 @@ pub async fn handle(state: &State, live: &LiveSession, u: JobUpdate) {
         debug!(job_id = %id, "job update without a kind; ignored");
         return;
     };
+    let is_final = !matches!(
+        kind,
+        job_update::Kind::Started(_) | job_update::Kind::Log(_)
+    );
     let accepted = match kind {
         job_update::Kind::Started(_) => state
             .store
@@ -93,6 +97,9 @@ pub async fn handle(state: &State, live: &LiveSession, u: JobUpdate) {
     };
     match accepted {
         Ok(Some(())) => {}
+        Ok(None) if is_final && already_recorded(state, live, id, token).await => {
+            debug!(job_id = %id, token, "a final job update sent again; it was recorded before");
+        }
         Ok(None) => {
             warn!(job_id = %id, token, "refused a job update: stale lease (the job was reassigned, cancelled or finished)");
             stop_on_agent(
@@ -102,7 +109,42 @@ pub async fn handle(state: &State, live: &LiveSession, u: JobUpdate) {
                 "stale lease: this job was reassigned, cancelled or has finished",
             );
         }
-        Err(e) => warn!(job_id = %id, error = %e, "could not record a job update"),
+        // Not acknowledged: the agent sends it again.
+        Err(e) => {
+            warn!(job_id = %id, error = %e, "could not record a job update");
+            return;
+        }
+    }
+    if is_final {
+        acknowledge(live, id, token);
+    }
+}
+
+/// Whether the attempt of `token` already ended with this agent's own
+/// final update (a resend after a lost session, or a lost JobAck).
+async fn already_recorded(state: &State, live: &LiveSession, id: &str, token: u64) -> bool {
+    state.store.job_attempts(id).await.is_ok_and(|attempts| {
+        attempts.iter().any(|a| {
+            a.lease_token == token
+                && a.agent_id == live.agent_id
+                && matches!(a.outcome.as_str(), "succeeded" | "failed")
+        })
+    })
+}
+
+/// Tells the agent it may forget a final update.
+fn acknowledge(live: &LiveSession, id: &str, token: u64) {
+    let ack = JobAck {
+        job_id: id.to_owned(),
+        lease_token: token,
+    };
+    if live
+        .connection
+        .send_control(server_frame::Kind::JobAck(ack))
+        .is_err()
+    {
+        // The agent sends it again on its next session.
+        debug!(job_id = %id, "job ack not queued: the session is ending");
     }
 }
 

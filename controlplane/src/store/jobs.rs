@@ -164,11 +164,14 @@ pub trait JobStore: Send + Sync {
         reason: &str,
         now_ms: i64,
     ) -> Result<Option<JobRecord>, StoreError>;
-    /// Extends the leases of an agent's jobs (whichever of its sessions
-    /// claimed them); returns the (job, token) pairs it still holds.
+    /// Extends the leases the agent says it holds (`held`: job and token,
+    /// whichever of its sessions claimed them) while they are still its;
+    /// returns every (job, token) the store has assigned to the agent,
+    /// renewed or not (an assignment still on its way, or one it lost).
     async fn renew_leases(
         &self,
         agent_id: &str,
+        held: &[(String, u64)],
         expires_ms: i64,
     ) -> Result<Vec<(String, u64)>, StoreError>;
     /// Jobs whose lease expired (their agent stopped heart-beating) or

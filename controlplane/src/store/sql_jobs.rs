@@ -65,6 +65,10 @@ fn token(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
 
+/// Leases renewed per statement (two parameters each; SQLite allows
+/// 32,766, PostgreSQL 65,535).
+const RENEW_CHUNK: usize = 200;
+
 const CLAIM_SQLITE: &str = "UPDATE jobs SET state = 'assigned', lease_token = lease_token + 1, \
     lease_agent = $1, lease_session = $2, lease_expires_ms = $3, attempts = attempts + 1, \
     started_ms = $4, attempt_deadline_ms = $4 + attempt_timeout_ms \
@@ -358,14 +362,38 @@ impl JobStore for SqlStore {
     async fn renew_leases(
         &self,
         agent_id: &str,
+        held: &[(String, u64)],
         expires_ms: i64,
     ) -> Result<Vec<(String, u64)>, StoreError> {
+        // One statement for all of them: (job_id = $n AND lease_token = $n+1)
+        // OR … — bounded by the agent's job limit.
+        for chunk in held.chunks(RENEW_CHUNK) {
+            let mut sql = String::from(
+                "UPDATE jobs SET lease_expires_ms = $2 WHERE lease_agent = $1 \
+                 AND state IN ('assigned', 'running') AND (",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                let n = 3 + 2 * i;
+                sql.push_str(&format!("(job_id = ${n} AND lease_token = ${})", n + 1));
+            }
+            sql.push(')');
+            // Safe: only placeholders are generated; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(agent_id)
+                .bind(expires_ms);
+            for (job_id, lease_token) in chunk {
+                q = q.bind(job_id.as_str()).bind(token(*lease_token));
+            }
+            q.execute(&self.pool).await?;
+        }
         let rows = sqlx::query(
-            "UPDATE jobs SET lease_expires_ms = $2 WHERE lease_agent = $1 \
-             AND state IN ('assigned', 'running') RETURNING job_id, lease_token",
+            "SELECT job_id, lease_token FROM jobs WHERE lease_agent = $1 \
+             AND state IN ('assigned', 'running')",
         )
         .bind(agent_id)
-        .bind(expires_ms)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -533,13 +533,60 @@ on_both!(
     failures_retry_until_attempts_run_out_check
 );
 
+async fn only_the_leases_an_agent_holds_are_renewed_check(s: &SqlStore) {
+    for id in ["j1", "j2", "j3"] {
+        submit(s, job_rec(id, "sync", &[], 0)).await;
+    }
+    let c = claimant("s1", &["sync"], &[]);
+    for _ in 0..3 {
+        s.claim_job(&c, 100).await.unwrap().unwrap();
+    }
+    // The agent holds j1 and j2; j3's assignment never reached it, and
+    // it names j2 with a token it never had.
+    let held = [("j1".to_owned(), 1), ("j2".to_owned(), 7)];
+    let mut assigned = s.renew_leases("agent-s1", &held, 5_000).await.unwrap();
+    assigned.sort();
+    assert_eq!(
+        assigned,
+        [("j1".into(), 1), ("j2".into(), 1), ("j3".into(), 1)],
+        "every assignment is reported, renewed or not"
+    );
+    // Another agent cannot renew them.
+    s.renew_leases("agent-s2", &[("j2".to_owned(), 1)], 9_000)
+        .await
+        .unwrap();
+    // Only j1 was renewed: the others lapse and go back to the queue.
+    let mut swept: Vec<String> = s
+        .sweep_jobs(300)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.job.job_id)
+        .collect();
+    swept.sort();
+    assert_eq!(swept, ["j2", "j3"]);
+    assert_eq!(
+        s.get_job("o", "j1")
+            .await
+            .unwrap()
+            .unwrap()
+            .lease_expires_ms,
+        5_000
+    );
+}
+on_both!(
+    only_the_leases_an_agent_holds_are_renewed,
+    only_the_leases_an_agent_holds_are_renewed_check
+);
+
 async fn cancel_and_unschedulable_check(s: &SqlStore) {
     submit(s, job_rec("j1", "sync", &[], 0)).await;
     let c = claimant("s1", &["sync"], &[]);
     s.claim_job(&c, 100).await.unwrap().unwrap();
+    let held = [("j1".to_owned(), 1)];
     assert_eq!(
-        s.renew_leases("agent-s1", 5_000).await.unwrap(),
-        [("j1".to_owned(), 1)]
+        s.renew_leases("agent-s1", &held, 5_000).await.unwrap(),
+        held
     );
     let j = s
         .cancel_job("o", "j1", "not needed", 120)
@@ -550,7 +597,12 @@ async fn cancel_and_unschedulable_check(s: &SqlStore) {
         (j.state.as_str(), j.lease_session.as_str()),
         (state::CANCELLED, "s1")
     );
-    assert!(s.renew_leases("agent-s1", 6_000).await.unwrap().is_empty());
+    assert!(
+        s.renew_leases("agent-s1", &held, 6_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         s.cancel_job("o", "j1", "again", 130)
             .await

@@ -10,9 +10,8 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
 use tether::proto::{
-    AgentFrame, DrainCommand, Heartbeat, HeartbeatAck, Hello, ProtocolVersion, ResetCode,
-    ServerFrame, UndrainCommand, Welcome, agent_frame, command, server_frame,
-    tunnel_server::Tunnel,
+    AgentFrame, DrainCommand, Hello, ProtocolVersion, ResetCode, ServerFrame, UndrainCommand,
+    Welcome, agent_frame, command, server_frame, tunnel_server::Tunnel,
 };
 use tether_tunnel::{
     ServerWire,
@@ -22,10 +21,13 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+mod heartbeat;
+mod worker;
+
 use super::agent_auth;
 use crate::{
     identity::secrets,
-    registry::{self, HelloInfo, LiveSession},
+    registry::{HelloInfo, LiveSession},
     state::{Shared, now_ms, store_status},
     store::HelloRecord,
 };
@@ -37,7 +39,7 @@ pub const MAX_MESSAGE: usize = 1024 * 1024;
 /// How long the control plane waits for the answer to a bookkeeping command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most jobs one agent may run at once, whatever it asks for.
-const MAX_JOBS_PER_AGENT: u32 = 256;
+pub(crate) const MAX_JOBS_PER_AGENT: u32 = 256;
 /// Longest job type or credential name.
 const MAX_NAME: usize = 64;
 /// Most labels, capabilities or credential names one Hello may carry.
@@ -131,7 +133,8 @@ impl Tunnel for TunnelService {
             replica_id: state.replica_id.clone(),
             protocol_version: ProtocolVersion::ProtocolVersion1 as i32,
             heartbeat_interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
-            lease_interval_ms: u32::try_from(interval.as_millis() * 3).unwrap_or(u32::MAX),
+            lease_interval_ms: u32::try_from(crate::jobs::lease(state).as_millis())
+                .unwrap_or(u32::MAX),
             initial_channel_window: tunnel.initial_window,
             max_channel_window: tunnel.max_window,
             session_receive_budget: tunnel.receive_budget,
@@ -248,10 +251,15 @@ async fn run_session(
     // New capacity: give it work now, not at the next poll.
     state.jobs.wake();
     let mut driver = driver;
+    // Store work (heartbeat records, lease renewals, job updates) runs in
+    // the session's worker, in order, so a slow store never delays the
+    // answers to heartbeats; it finishes what was queued after the session
+    // ends.
+    let work = worker::spawn(&state, live.clone());
     let end = loop {
         tokio::select! {
             result = &mut driver => break result,
-            Some(frame) = control.recv() => handle_control(&state, &live, frame).await,
+            Some(frame) = control.recv() => handle_control(&state, &live, &work, frame).await,
             Some(offer) = incoming.recv() => offer.refuse(
                 ResetCode::ProtocolError,
                 "this control plane does not accept channels opened by agents",
@@ -270,13 +278,33 @@ async fn run_session(
     state.metrics.session_detached();
 }
 
-async fn handle_control(state: &Shared, live: &LiveSession, frame: agent_frame::Kind) {
+async fn handle_control(
+    state: &Shared,
+    live: &LiveSession,
+    work: &mpsc::Sender<worker::Work>,
+    frame: agent_frame::Kind,
+) {
+    let queued = match frame {
+        agent_frame::Kind::Heartbeat(hb) => {
+            let persist = heartbeat::answer(state, live, hb);
+            work.send(worker::Work::Heartbeat(persist)).await
+        }
+        agent_frame::Kind::JobUpdate(u) => work.send(worker::Work::JobUpdate(u)).await,
+        other => {
+            handle_other(live, other);
+            Ok(())
+        }
+    };
+    if queued.is_err() {
+        warn!("the session's store worker has stopped; an update was not recorded");
+    }
+}
+
+fn handle_other(live: &LiveSession, frame: agent_frame::Kind) {
     match frame {
-        agent_frame::Kind::Heartbeat(hb) => handle_heartbeat(state, live, hb).await,
         agent_frame::Kind::Hello(_) => {
             warn!("ignoring a second Hello on a running session");
         }
-        agent_frame::Kind::JobUpdate(u) => crate::jobs::updates::handle(state, live, u).await,
         agent_frame::Kind::CommandResult(r) => {
             let id = r.command_id;
             if !live.commands.complete(r) {
@@ -289,94 +317,5 @@ async fn handle_control(state: &Shared, live: &LiveSession, frame: agent_frame::
         other => {
             debug!(kind = ?std::mem::discriminant(&other), "ignoring a frame this version does not handle yet")
         }
-    }
-}
-
-async fn handle_heartbeat(state: &Shared, live: &LiveSession, hb: Heartbeat) {
-    let now = now_ms();
-    let rtt_us = hb.last_rtt_us;
-    // The agent stamped the heartbeat half a round trip ago.
-    let half_rtt_ms = i64::try_from(rtt_us / 2000).unwrap_or(0);
-    let clock_skew_ms = if hb.agent_time_unix_ms > 0 {
-        hb.agent_time_unix_ms
-            .saturating_add(half_rtt_ms)
-            .saturating_sub(now)
-    } else {
-        0
-    };
-    // A skew over the limit becomes an event (and an alert) in the watcher.
-    let ack = HeartbeatAck {
-        sequence: hb.sequence,
-        agent_time_unix_ms: hb.agent_time_unix_ms,
-        server_time_unix_ms: now,
-    };
-    if live
-        .connection
-        .send_control(server_frame::Kind::HeartbeatAck(ack))
-        .is_err()
-    {
-        debug!("heartbeat ack not queued: the session is ending or its control lane is full");
-    }
-    if let Some(sample) = &hb.sample
-        && live.history_due(now, state.config.health_history_interval)
-    {
-        let bytes = prost::Message::encode_to_vec(sample);
-        if let Err(e) = state
-            .store
-            .insert_health_sample(
-                &live.agent_id,
-                now,
-                &bytes,
-                state.config.health_history_samples,
-            )
-            .await
-        {
-            warn!(error = %e, "could not keep a health sample in the history");
-        }
-    }
-    renew_job_leases(state, live, now).await;
-    live.record_heartbeat(registry::Heartbeat {
-        at: tokio::time::Instant::now(),
-        at_ms: now,
-        rtt_us,
-        clock_skew_ms,
-        sample: hb.sample,
-    });
-    let rtt = (rtt_us > 0).then(|| Duration::from_micros(rtt_us).as_secs_f64());
-    state.metrics.heartbeat(rtt);
-    if let Err(e) = state
-        .store
-        .record_heartbeat(&live.agent_id, now, rtt_us, clock_skew_ms)
-        .await
-    {
-        warn!(error = %e, "could not record a heartbeat in the store");
-    }
-}
-
-/// Every heartbeat renews the leases of the agent's jobs (whichever session
-/// claimed them) and learns which it no longer holds (cancelled, swept,
-/// reassigned): their handlers are told to stop. Agents that run no jobs
-/// cost nothing here.
-async fn renew_job_leases(state: &Shared, live: &LiveSession, now: i64) {
-    if live.hello.capabilities.is_empty() {
-        return;
-    }
-    let lease = i64::try_from(crate::jobs::lease(state).as_millis()).unwrap_or(i64::MAX);
-    match state
-        .store
-        .renew_leases(&live.agent_id, now.saturating_add(lease))
-        .await
-    {
-        Ok(held) => {
-            for (job_id, token) in live.sync_jobs(held) {
-                crate::jobs::stop_on_agent(
-                    live,
-                    &job_id,
-                    token,
-                    "the job is no longer this agent's (cancelled, or its lease lapsed)",
-                );
-            }
-        }
-        Err(e) => warn!(error = %e, "could not renew the agent's job leases"),
     }
 }
