@@ -1,8 +1,11 @@
 //! The dispatcher: claims jobs for the agents attached to this replica and
-//! pushes them over their sessions, round-robin, one job per agent per pass,
-//! while claims succeed and slots are free.
+//! pushes them over their sessions. Each pass claims, for every agent with
+//! free slots, as many jobs as it has slots, in one transaction per agent
+//! and several agents at once; passes repeat while claims succeed.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use futures_util::{StreamExt, stream};
 
 use tether::proto::{JobAssign, server_frame};
 use tokio::time::Instant;
@@ -12,7 +15,7 @@ use super::lease;
 use crate::{
     registry::LiveSession,
     state::{Shared, now_ms},
-    store::jobs::Claimant,
+    store::{StoreError, jobs::Claimant},
 };
 
 /// The safety-net poll (a lost NOTIFY, a retry whose time came).
@@ -43,7 +46,7 @@ fn claimant(state: &Shared, s: &LiveSession) -> Claimant {
 }
 
 /// What a claim can match: agents of the same shape see the same queue.
-fn shape(s: &LiveSession) -> (String, String, Vec<String>, Vec<String>) {
+fn shape(s: &LiveSession) -> Shape {
     (
         s.org_id.clone(),
         s.pool.clone(),
@@ -51,6 +54,13 @@ fn shape(s: &LiveSession) -> (String, String, Vec<String>, Vec<String>) {
         s.hello.credential_names.clone(),
     )
 }
+
+/// Claims running at once (PostgreSQL commits them together; SQLite takes
+/// them one after another).
+const CONCURRENT_CLAIMS: usize = 8;
+
+/// What a queue a claim sees: agents of the same shape see the same one.
+type Shape = (String, String, Vec<String>, Vec<String>);
 
 /// One dispatch round.
 pub async fn round(state: &Shared) {
@@ -60,61 +70,105 @@ pub async fn round(state: &Shared) {
         .into_iter()
         .filter(|s| s.takes_jobs(state.config.heartbeat_interval))
         .collect();
-    // Shapes whose queue came up empty in this round.
-    let mut empty = HashSet::new();
+    // Shapes whose queue ran dry in this round.
+    let mut empty: HashSet<Shape> = HashSet::new();
     // Bounded: every pass claims at least one job or ends the round, and a
     // claim takes a slot, of which there are finitely many.
     loop {
-        let mut claimed = false;
-        for s in &sessions {
-            if s.free_job_slots() == 0 || s.connection.is_closed() || empty.contains(&shape(s)) {
-                continue;
-            }
-            // Held until the job is in the session's table: a heartbeat's
-            // renewal in between would not see it.
-            let sync = s.job_sync.lock().await;
-            let started = Instant::now();
-            let job = match state.store.claim_job(&claimant(state, s), now_ms()).await {
-                Ok(Some(j)) => j,
-                Ok(None) => {
-                    empty.insert(shape(s));
-                    continue;
+        let candidates: Vec<Arc<LiveSession>> = sessions
+            .iter()
+            .filter(|s| {
+                s.free_job_slots() > 0 && !s.connection.is_closed() && !empty.contains(&shape(s))
+            })
+            .cloned()
+            .collect();
+        let results: Vec<(Shape, Result<Claimed, StoreError>)> = stream::iter(candidates)
+            .map(|s| {
+                let state = state.clone();
+                async move { (shape(&s), claim_for(&state, &s).await) }
+            })
+            .buffer_unordered(CONCURRENT_CLAIMS)
+            .collect()
+            .await;
+        let mut claimed = 0;
+        for (shape, r) in results {
+            match r {
+                Ok(c) => {
+                    claimed += c.jobs;
+                    if c.ran_dry {
+                        empty.insert(shape);
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, "cannot claim jobs; retrying at the next wake-up");
                     return;
                 }
-            };
-            state.metrics.job_claimed(
-                started.elapsed().as_secs_f64(),
-                job.attempts,
-                now_ms() - job.created_ms,
-            );
-            claimed = true;
-            s.hold_job(&job.job_id, job.lease_token);
-            drop(sync);
-            debug!(job_id = %job.job_id, agent_id = %s.agent_id, token = job.lease_token, "job assigned");
-            let assign = JobAssign {
-                job_id: job.job_id,
-                lease_token: job.lease_token,
-                job_type: job.job_type,
-                payload: job.payload.into(),
-                credential_names: job.credential_names,
-                deadline_unix_ms: job.attempt_deadline_ms,
-                attempt: job.attempts,
-                lease_expires_unix_ms: job.lease_expires_ms,
-            };
-            // If it cannot go out (the session is ending), the lease lapses
-            // and the sweep gives the job to another agent.
-            if s.connection
-                .send_control(server_frame::Kind::JobAssign(assign))
-                .is_err()
-            {
-                debug!(agent_id = %s.agent_id, "job not sent: the session is ending; its lease will lapse");
             }
         }
-        if !claimed {
+        if claimed == 0 {
             return;
         }
     }
+}
+
+/// What one claim got.
+struct Claimed {
+    jobs: usize,
+    /// Fewer jobs than free slots: the queue of its shape is empty.
+    ran_dry: bool,
+}
+
+/// Claims as many jobs as the agent of `s` has free slots, in one
+/// transaction, and pushes them over its session.
+async fn claim_for(state: &Shared, s: &LiveSession) -> Result<Claimed, StoreError> {
+    // Held until the jobs are in the session's table: a heartbeat's
+    // renewal in between would not see them.
+    let _sync = s.job_sync.lock().await;
+    let want = s.free_job_slots();
+    if want == 0 {
+        return Ok(Claimed {
+            jobs: 0,
+            ran_dry: false,
+        });
+    }
+    let started = Instant::now();
+    let jobs = state
+        .store
+        .claim_jobs(
+            &claimant(state, s),
+            now_ms(),
+            u32::try_from(want).unwrap_or(u32::MAX),
+        )
+        .await?;
+    let took = started.elapsed().as_secs_f64();
+    let claimed = Claimed {
+        jobs: jobs.len(),
+        ran_dry: jobs.len() < want,
+    };
+    for job in jobs {
+        state
+            .metrics
+            .job_claimed(took, job.attempts, now_ms() - job.created_ms);
+        s.hold_job(&job.job_id, job.lease_token);
+        debug!(job_id = %job.job_id, agent_id = %s.agent_id, token = job.lease_token, "job assigned");
+        let assign = JobAssign {
+            job_id: job.job_id,
+            lease_token: job.lease_token,
+            job_type: job.job_type,
+            payload: job.payload.into(),
+            credential_names: job.credential_names,
+            deadline_unix_ms: job.attempt_deadline_ms,
+            attempt: job.attempts,
+            lease_expires_unix_ms: job.lease_expires_ms,
+        };
+        // If it cannot go out (the session is ending), the lease lapses
+        // and the sweep gives the job to another agent.
+        if s.connection
+            .send_control(server_frame::Kind::JobAssign(assign))
+            .is_err()
+        {
+            debug!(agent_id = %s.agent_id, "job not sent: the session is ending; its lease will lapse");
+        }
+    }
+    Ok(claimed)
 }

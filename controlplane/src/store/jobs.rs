@@ -120,10 +120,20 @@ pub trait JobStore: Send + Sync {
         state: Option<&str>,
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError>;
-    /// Atomically claims the oldest due pending job of the highest priority
-    /// that the claimant can run; `None` if there is none (or another
-    /// claimer won every candidate).
-    async fn claim_job(&self, c: &Claimant, now_ms: i64) -> Result<Option<JobRecord>, StoreError>;
+    /// Atomically claims up to `limit` due pending jobs that the claimant
+    /// can run, highest priority first, oldest first within a priority;
+    /// fewer (or none) if there are fewer (or other claimers won them). One
+    /// transaction: the commit, not the row, is what a claim costs.
+    async fn claim_jobs(
+        &self,
+        c: &Claimant,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+    /// Claims one job, as [`JobStore::claim_jobs`].
+    async fn claim_job(&self, c: &Claimant, now_ms: i64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.claim_jobs(c, now_ms, 1).await?.pop())
+    }
     /// assigned → running; false if the token is stale or `agent_id` does
     /// not hold the lease.
     async fn job_started(

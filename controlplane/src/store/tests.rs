@@ -533,6 +533,36 @@ on_both!(
     failures_retry_until_attempts_run_out_check
 );
 
+async fn a_batch_claim_takes_exactly_its_limit_in_queue_order_check(s: &SqlStore) {
+    for (i, id) in ["j1", "j2", "j3", "j4", "j5", "j6"].iter().enumerate() {
+        let mut j = job_rec(id, "sync", &[], i32::from(*id == "j5"));
+        j.created_ms = i64::try_from(i).unwrap();
+        submit(s, j).await;
+    }
+    let c = claimant("s1", &["sync"], &[]);
+    let got: Vec<String> = s
+        .claim_jobs(&c, 100, 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(got, ["j5", "j1", "j2"], "priority first, then the oldest");
+    let pending = s
+        .list_jobs("o", Some("p"), Some(state::PENDING), 100)
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(pending, 3, "a claim of 3 must leave the other 3 pending");
+    let rest = s.claim_jobs(&c, 100, 10).await.unwrap();
+    assert_eq!(rest.len(), 3);
+    assert!(s.claim_jobs(&c, 100, 10).await.unwrap().is_empty());
+}
+on_both!(
+    a_batch_claim_takes_exactly_its_limit_in_queue_order,
+    a_batch_claim_takes_exactly_its_limit_in_queue_order_check
+);
+
 async fn only_the_leases_an_agent_holds_are_renewed_check(s: &SqlStore) {
     for id in ["j1", "j2", "j3"] {
         submit(s, job_rec(id, "sync", &[], 0)).await;
