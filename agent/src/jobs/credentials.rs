@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretBox};
 
 /// Where a credential's value comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,11 +89,12 @@ pub fn variable(name: &str) -> String {
     format!("TETHER_CREDENTIAL_{upper}")
 }
 
-/// Reads a credential's value.
-pub fn read(name: &str, source: &Source) -> Result<SecretString, String> {
+/// Reads a credential's value, exactly as stored (a key file keeps its
+/// final newline: OpenSSH refuses its own key format without it).
+pub fn read(name: &str, source: &Source) -> Result<SecretBox<Vec<u8>>, String> {
     match source {
-        Source::File(p) => std::fs::read_to_string(p)
-            .map(|v| SecretString::from(v.trim_end_matches('\n').to_owned()))
+        Source::File(p) => std::fs::read(p)
+            .map(|v| SecretBox::new(Box::new(v)))
             .map_err(|e| {
                 format!(
                     "credential {name} cannot be read from {}: {e}; fix the file or the agent's credential setting",
@@ -101,8 +102,22 @@ pub fn read(name: &str, source: &Source) -> Result<SecretString, String> {
                 )
             }),
         Source::Env(v) => std::env::var(v)
-            .map(SecretString::from)
+            .map(|v| SecretBox::new(Box::new(v.into_bytes())))
             .map_err(|_| format!("credential {name}: the agent's environment has no {v}")),
+    }
+}
+
+/// Removes the credential copies a killed agent left behind (its handlers
+/// could not remove them); called when the agent starts.
+pub fn clear_leftovers(tmp_dir: &Path) {
+    match std::fs::remove_dir_all(tmp_dir) {
+        Ok(()) => {
+            tracing::info!(dir = %tmp_dir.display(), "removed credential copies left by an earlier run")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %tmp_dir.display(), error = %e, "cannot remove credential copies left by an earlier run")
+        }
     }
 }
 
@@ -139,12 +154,15 @@ pub fn hand_over(
             )
         })?;
         let value = read(name, source)?;
-        on_value(value.expose_secret());
+        // The redactor masks the value as text, without a final newline.
+        let text = String::from_utf8_lossy(value.expose_secret());
+        let masked = text.trim_end_matches(['\n', '\r']);
+        if !masked.is_empty() {
+            on_value(masked);
+        }
         match source {
             Source::Env(_) => {
-                handed
-                    .env
-                    .insert(variable(name), value.expose_secret().to_owned());
+                handed.env.insert(variable(name), text.into_owned());
             }
             Source::File(_) => {
                 std::fs::create_dir_all(tmp_dir)
@@ -159,7 +177,7 @@ pub fn hand_over(
                         format!("cannot write the credential file {}: {e}", path.display())
                     })?;
                 handed.files.push(path.clone());
-                f.write_all(value.expose_secret().as_bytes()).map_err(|e| {
+                f.write_all(value.expose_secret()).map_err(|e| {
                     format!("cannot write the credential file {}: {e}", path.display())
                 })?;
                 handed.env.insert(
@@ -211,7 +229,8 @@ mod tests {
         })
         .unwrap();
         let path = PathBuf::from(&handed.env["TETHER_CREDENTIAL_KEY_FILE"]);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "s3cret");
+        // Byte for byte: a key file keeps its final newline.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "s3cret\n");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(*seen.lock().unwrap(), ["s3cret"]);
@@ -219,5 +238,17 @@ mod tests {
         assert!(!path.exists());
         let err = hand_over(&["nope".into()], &configured, &tmp, "job-2", |_| {}).unwrap_err();
         assert!(err.contains("no credential nope"), "{err}");
+    }
+
+    #[test]
+    fn copies_left_by_a_killed_agent_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("job-credentials");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("job-1-key"), "left behind").unwrap();
+        clear_leftovers(&tmp);
+        assert!(!tmp.exists());
+        // Nothing to remove is fine too.
+        clear_leftovers(&tmp);
     }
 }

@@ -109,11 +109,13 @@ impl Runner {
         state_dir: &std::path::Path,
     ) -> Self {
         let (tx, rx) = mpsc::channel(OUTBOX);
+        let tmp_dir = state_dir.join("job-credentials");
+        credentials::clear_leftovers(&tmp_dir);
         Self {
             config,
             policy,
             shared,
-            tmp_dir: state_dir.join("job-credentials"),
+            tmp_dir,
             running: Mutex::new(HashMap::new()),
             finals: Mutex::new(HashMap::new()),
             tx,
