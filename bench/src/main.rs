@@ -14,6 +14,7 @@
 
 #![allow(clippy::print_stdout)] // a report printer
 
+mod jobs;
 mod measure;
 mod procs;
 mod relay;
@@ -45,9 +46,23 @@ struct Args {
     /// Replace the end-to-end section of this markdown file with the results.
     #[arg(long)]
     write_docs: Option<PathBuf>,
-    /// Run only these measures (comma-separated): bulk, rtt, conn, idle, far.
+    /// Run only these measures (comma-separated): bulk, rtt, conn, idle,
+    /// far, jobs.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Jobs timed one at a time for submit-to-start latency.
+    #[arg(long, default_value_t = 200)]
+    job_latency_runs: usize,
+    /// Jobs in the throughput run.
+    #[arg(long, default_value_t = 5_000)]
+    jobs: usize,
+    /// Agents in the jobs throughput run.
+    #[arg(long, default_value_t = 20)]
+    job_agents: usize,
+    /// PostgreSQL server for the jobs run on PostgreSQL (a throwaway
+    /// database is created there and dropped).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres: String,
 }
 
 impl Args {
@@ -88,6 +103,60 @@ struct Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let only_jobs = !args.only.is_empty() && args.only.iter().all(|m| m == "jobs");
+    let mut sections = Vec::new();
+    if !only_jobs {
+        let table = render(&tunnel(&args).await?);
+        println!("\n{table}");
+        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+        let about = format!(
+            "Command: `cargo build --release && target/release/tether-bench --write-docs docs/benchmarks.md`\n\n\
+             Parameters: {} MiB per bulk transfer, median of {} interleaved repetitions; {} measured round trips \
+             after 1,000 unmeasured; {} connections, 16 at a time; {} idle channels. Machine: {cpus} CPUs, loopback.",
+            args.bulk_mib, args.reps, args.round_trips, args.connections, args.idle
+        );
+        sections.push(("tether-bench", about, table));
+    }
+    if args.runs("jobs") {
+        println!(
+            "tether-bench jobs: {} timed one at a time, {} on {} agents, SQLite and PostgreSQL",
+            args.job_latency_runs, args.jobs, args.job_agents
+        );
+        let rows = jobs::run(&jobs::Plan {
+            latency_jobs: args.job_latency_runs,
+            throughput_jobs: args.jobs,
+            agents: args.job_agents,
+            postgres: args.postgres.clone(),
+        })
+        .await?;
+        let table = render(&rows);
+        println!("\n{table}");
+        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+        let about = format!(
+            "Command: `cargo build --release && target/release/tether-bench --only jobs --write-docs docs/benchmarks.md`\n\n\
+             Parameters: submit-to-start over {} jobs submitted one at a time to one idle agent (after 20 unmeasured); \
+             throughput of {} jobs from {} concurrent callers on {} agents running 4 each; the handler is a shell script \
+             that records its start time. Direct: the same handler started by this process, one at a time and {} at once. \
+             Machine: {cpus} CPUs, loopback, PostgreSQL on 127.0.0.1.",
+            args.job_latency_runs,
+            args.jobs,
+            jobs::SUBMITTERS,
+            args.job_agents,
+            args.job_agents * jobs::PER_AGENT
+        );
+        sections.push(("tether-bench-jobs", about, table));
+    }
+    if let Some(path) = &args.write_docs {
+        for (marker, about, table) in &sections {
+            write_docs(path, marker, about, table)?;
+        }
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The tunnel measures: direct TCP against the gateway.
+async fn tunnel(args: &Args) -> anyhow::Result<Vec<Row>> {
     let dir = tempfile::tempdir()?;
     let target = targets::start().await?;
     let (cp, grpc) = procs::control_plane(&dir.path().join("cp")).await?;
@@ -146,28 +215,21 @@ async fn main() -> anyhow::Result<()> {
     // Memory first, while the processes have not yet grown their heaps
     // for bulk transfers (freed memory would hide the channels' share).
     if args.runs("idle") {
-        rows.push(bench.idle(&args).await?);
+        rows.push(bench.idle(args).await?);
     }
     if args.runs("bulk") {
-        rows.extend(bench.bulk(&args).await?);
+        rows.extend(bench.bulk(args).await?);
     }
     if args.runs("rtt") {
-        rows.extend(bench.round_trips(&args).await?);
+        rows.extend(bench.round_trips(args).await?);
     }
     if args.runs("conn") {
-        rows.push(bench.connections(&args).await?);
+        rows.push(bench.connections(args).await?);
     }
     if args.runs("far") {
-        rows.push(bench.far(&args).await?);
+        rows.push(bench.far(args).await?);
     }
-
-    let table = render(&rows);
-    println!("\n{table}");
-    if let Some(path) = &args.write_docs {
-        write_docs(path, &args, &table)?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// The processes and addresses every measure uses.
@@ -351,25 +413,29 @@ fn render(rows: &[Row]) -> String {
     out
 }
 
-const START: &str = "<!-- tether-bench:start -->";
-const END: &str = "<!-- tether-bench:end -->";
-
-fn write_docs(path: &std::path::Path, args: &Args, table: &str) -> anyhow::Result<()> {
+/// Replaces the text between `<!-- {marker}:start -->` and
+/// `<!-- {marker}:end -->` in `path`.
+fn write_docs(
+    path: &std::path::Path,
+    marker: &str,
+    about: &str,
+    table: &str,
+) -> anyhow::Result<()> {
+    let (start, end) = (
+        format!("<!-- {marker}:start -->"),
+        format!("<!-- {marker}:end -->"),
+    );
     let doc =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let (head, rest) = doc
-        .split_once(START)
-        .context("no tether-bench start marker in the file")?;
+        .split_once(&start)
+        .with_context(|| format!("no {start} marker in {}", path.display()))?;
     let (_, tail) = rest
-        .split_once(END)
-        .context("no tether-bench end marker in the file")?;
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let section = format!(
-        "{START}\nCommand: `cargo build --release && target/release/tether-bench --write-docs docs/benchmarks.md`\n\n\
-         Parameters: {} MiB per bulk transfer, median of {} interleaved repetitions; {} measured round trips after 1,000 \
-         unmeasured; {} connections, 16 at a time; {} idle channels. Machine: {cpus} CPUs, loopback.\n\n{table}{END}",
-        args.bulk_mib, args.reps, args.round_trips, args.connections, args.idle
-    );
-    std::fs::write(path, format!("{head}{section}{tail}"))?;
+        .split_once(&end)
+        .with_context(|| format!("no {end} marker in {}", path.display()))?;
+    std::fs::write(
+        path,
+        format!("{head}{start}\n{about}\n\n{table}{end}{tail}"),
+    )?;
     Ok(())
 }

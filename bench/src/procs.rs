@@ -103,8 +103,18 @@ impl Proc {
     }
 }
 
-/// A control plane in `dir`, heartbeats every second.
+/// A control plane in `dir` on its defaults.
 pub(crate) async fn control_plane(dir: &Path) -> anyhow::Result<(Proc, SocketAddr)> {
+    let (p, grpc, _) = control_plane_with(dir, &[]).await?;
+    Ok((p, grpc))
+}
+
+/// A control plane in `dir` with `extra` arguments; its gRPC and ops
+/// addresses.
+pub(crate) async fn control_plane_with(
+    dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
     let mut cmd = Command::new(binary("tether-controlplane")?);
     cmd.arg("--data-dir")
         .arg(dir)
@@ -116,11 +126,13 @@ pub(crate) async fn control_plane(dir: &Path) -> anyhow::Result<(Proc, SocketAdd
             "--log-format",
             "json",
         ])
-        .args(["--log-level", "warn,tether_controlplane=info"]);
+        .args(["--log-level", "warn,tether_controlplane=info"])
+        .args(extra);
     let mut p = Proc::spawn(cmd)?;
     let ready = p.wait_for("control plane ready").await?;
     let grpc = ready["grpc"].as_str().context("no grpc address")?.parse()?;
-    Ok((p, grpc))
+    let ops = ready["ops"].as_str().context("no ops address")?.parse()?;
+    Ok((p, grpc, ops))
 }
 
 /// An agent enrolled with `token`, dialling `endpoint`, allowed `allow`.
@@ -130,19 +142,24 @@ pub(crate) async fn agent(
     token: &str,
     allow: &str,
 ) -> anyhow::Result<Proc> {
+    agent_with(endpoint, state, token, &["--allow", allow]).await
+}
+
+/// An agent enrolled with `token`, dialling `endpoint`, with `extra`
+/// arguments.
+pub(crate) async fn agent_with(
+    endpoint: &str,
+    state: &Path,
+    token: &str,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(binary("tether-agent")?);
-    cmd.args([
-        "--endpoint",
-        endpoint,
-        "--allow",
-        allow,
-        "--log-format",
-        "json",
-    ])
-    .args(["--log-level", "warn,tether_agent::session=info"])
-    .arg("--state-dir")
-    .arg(state)
-    .env("TETHER_JOIN_TOKEN", token);
+    cmd.args(["--endpoint", endpoint, "--log-format", "json"])
+        .args(extra)
+        .args(["--log-level", "warn,tether_agent::session=info"])
+        .arg("--state-dir")
+        .arg(state)
+        .env("TETHER_JOIN_TOKEN", token);
     let mut p = Proc::spawn(cmd)?;
     p.wait_for("attached").await?;
     Ok(p)
