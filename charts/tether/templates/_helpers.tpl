@@ -124,6 +124,12 @@ then the operator's own names. Returned as a YAML list.
 {{- end }}
 {{- end }}
 
+{{/*
+Where the agent container mounts its named credentials: one read-only file
+per credential, named after it.
+*/}}
+{{- define "tether.agent.credentialsDir" -}}/etc/tether/credentials{{- end }}
+
 {{/* Paths inside the control plane container. */}}
 {{- define "tether.controlplane.dataDir" -}}/var/lib/tether/data{{- end }}
 {{- define "tether.controlplane.adminKeyFile" -}}/etc/tether/bootstrap/api-key{{- end }}
@@ -190,6 +196,38 @@ validate.yaml runs them on every render.
 {{- end }}
 {{- if and (not $a.endpoint) (not $cp.enabled) }}
 {{- fail "agent.endpoint is required when controlplane.enabled=false: the control plane's https://host:port" }}
+{{- end }}
+{{- $types := dict }}
+{{- range $i, $h := $a.jobs.handlers }}
+{{- if not (regexMatch "^[A-Za-z0-9._-]{1,64}$" (toString $h.type)) }}
+{{- fail (printf "agent.jobs.handlers[%d].type %q is not a valid job type: use 1-64 letters, digits, '.', '-' or '_'" $i (toString $h.type)) }}
+{{- end }}
+{{- if has $h.type (list "echo" "probe") }}
+{{- fail (printf "agent.jobs.handlers[%d].type %q is a built-in job type of the agent: name the handler otherwise" $i $h.type) }}
+{{- end }}
+{{- if hasKey $types $h.type }}
+{{- fail (printf "agent.jobs.handlers lists the type %q twice: one handler per job type" $h.type) }}
+{{- end }}
+{{- $_ := set $types $h.type true }}
+{{- if not (hasPrefix "/" (toString $h.path)) }}
+{{- fail (printf "agent.jobs.handlers[%d].path %q is not an absolute path: give the program's path inside the image or a volume of agent.extraVolumes, e.g. /opt/handlers/%s" $i (toString $h.path) (toString $h.type)) }}
+{{- end }}
+{{- end }}
+{{- $names := dict }}
+{{- range $i, $c := $a.credentials }}
+{{- if not (regexMatch "^[A-Za-z0-9._-]{1,64}$" (toString $c.name)) }}
+{{- fail (printf "agent.credentials[%d].name %q is not a valid credential name: use 1-64 letters, digits, '.', '-' or '_'" $i (toString $c.name)) }}
+{{- end }}
+{{- if or (eq $c.name ".") (hasPrefix ".." $c.name) }}
+{{- fail (printf "agent.credentials[%d].name %q cannot be a file name in the credentials volume: it must not be '.' or start with '..'" $i $c.name) }}
+{{- end }}
+{{- if hasKey $names $c.name }}
+{{- fail (printf "agent.credentials lists the name %q twice: each credential needs its own name" $c.name) }}
+{{- end }}
+{{- $_ := set $names $c.name true }}
+{{- if or (not $c.existingSecret) (not $c.key) }}
+{{- fail (printf "agent.credentials[%d] (%s) needs existingSecret and key: the Secret and the key in it that hold the value" $i (toString $c.name)) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
