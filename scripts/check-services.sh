@@ -14,10 +14,12 @@ missing() { printf 'MISSING %s: %s\n' "$1" "$2"; failed=1; }
 first() { local s=${1%%$'\n'*}; printf '%s' "${s:-no output}"; }
 
 # Clients on PATH.
-for c in psql mysql grpcurl tinyproxy mitmdump; do
+for c in psql mysql grpcurl tinyproxy mitmdump ssh ssh-keygen; do
   if command -v "$c" >/dev/null; then ok "$c on PATH"
   else missing "$c on PATH" "run scripts/install-test-deps.sh as root"; fi
 done
+if [ -x /usr/sbin/sshd ]; then ok "sshd (/usr/sbin/sshd)"
+else missing "sshd (/usr/sbin/sshd)" "run scripts/install-test-deps.sh as root (package openssh-server)"; fi
 
 # PostgreSQL on 127.0.0.1:5432, database test, user postgres, trust auth.
 pg_ver=$(ls -1 /etc/postgresql 2>/dev/null | sort -V | tail -n1)

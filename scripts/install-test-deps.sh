@@ -27,8 +27,11 @@ NPM_PKGS="@bufbuild/buf@1.75.0 @kubernetes-models/cert-manager@6.0.0
 # systemd carries systemd-analyze (the unit checks); a container image may lack it.
 # tinyproxy is the real HTTP CONNECT proxy the agent is tested through.
 # prometheus carries promtool, which checks the /metrics output.
+# openssh-server and openssh-client: a real sshd reached with
+# `tetherctl dial` as ssh's ProxyCommand.
 APT_PKGS="postgresql-client mariadb-client default-jre-headless libpostgresql-jdbc-java
-  python3-venv ca-certificates nodejs npm systemd tinyproxy prometheus"
+  python3-venv ca-certificates nodejs npm systemd tinyproxy prometheus
+  openssh-server openssh-client"
 # mitmproxy (a real TLS-intercepting proxy, for the pinning tests) in a venv
 # of its own: its pinned dependencies must not meet the other tools'.
 MITM_PKGS="mitmproxy==11.0.2"
@@ -138,6 +141,7 @@ show() {
 }
 show psql                'psql --version'
 show mysql               'mysql --version'
+show sshd                'test -x /usr/sbin/sshd && ssh -V 2>&1'
 show java                'java -version'
 show postgresql-jdbc     "echo $jar"
 show grpcurl             'grpcurl -version'

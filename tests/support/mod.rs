@@ -142,7 +142,7 @@ impl Logs {
 }
 
 /// Starts `cmd` with stdout captured into `Logs` (stderr too, as raw lines).
-fn spawn(mut cmd: Command) -> (Child, Logs) {
+pub fn spawn(mut cmd: Command) -> (Child, Logs) {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null())
