@@ -150,7 +150,7 @@ pub fn hand_over(
     for name in names {
         let source = configured.get(name).ok_or_else(|| {
             format!(
-                "this agent has no credential {name}; configure it (credential: {name}=file:/path)"
+                "this agent has no credential {name}; configure it (--credential {name}=file:/path, or under `credentials:`)"
             )
         })?;
         let value = read(name, source)?;

@@ -35,7 +35,7 @@ pub fn why_not(
         declared.dedup();
         return Some(format!(
             "no agent of pool {pool:?} runs job type {job_type:?} (they run: {}); add a handler for it to an \
-             agent's configuration (handler: {job_type}=/path/to/program)",
+             agent (--handler {job_type}=/path/to/program, or under `handlers:` in its configuration)",
             if declared.is_empty() {
                 "nothing".to_owned()
             } else {
@@ -56,7 +56,7 @@ pub fn why_not(
         .collect();
     Some(format!(
         "no agent of pool {pool:?} that runs {job_type:?} holds every credential it needs ({}); configure \
-         them on an agent (credential: NAME=file:/path or NAME=env:VAR){}",
+         them on an agent (--credential NAME=file:/path or NAME=env:VAR, or under `credentials:`){}",
         credentials.join(", "),
         if missing.is_empty() {
             String::new()
