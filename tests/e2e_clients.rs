@@ -139,6 +139,21 @@ async fn mariadb_client_through_the_gateway() {
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["13", "2"]),
         "mysql printed {stdout:?}"
     );
+
+    // MariaDB Connector/J, the JVM connectors' driver, through the same gateway.
+    let jar = "/usr/share/java/mariadb-java-client.jar";
+    assert!(
+        std::path::Path::new(jar).exists(),
+        "{jar} is missing: install libmariadb-java (scripts/install-test-deps.sh)"
+    );
+    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/JdbcQuery.java");
+    let url = format!("jdbc:mariadb://{gw}/test");
+    let out = run("java", &["-cp", jar, program, &url, "root", "250"]).await;
+    let stdout = check(&out, "MariaDB Connector/J through the gateway");
+    assert!(
+        stdout.contains("JDBC_OK rows=250 sum=219625"),
+        "JDBC printed {stdout:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

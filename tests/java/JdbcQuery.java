@@ -1,6 +1,8 @@
-// End-to-end check with the real PostgreSQL JDBC driver (pgjdbc).
-// Run without a build step (Java 17 source launcher):
+// End-to-end check with a real JDBC driver: pgjdbc (jdbc:postgresql:) or
+// MariaDB Connector/J (jdbc:mariadb:). Run without a build step (Java 17
+// source launcher):
 //   java -cp /usr/share/java/postgresql.jar tests/java/JdbcQuery.java <jdbc-url> <user> <expected-rows>
+//   java -cp /usr/share/java/mariadb-java-client.jar tests/java/JdbcQuery.java <jdbc-url> <user> <expected-rows>
 // Creates a TEMPORARY table, inserts <expected-rows> rows with a PreparedStatement
 // in one transaction, reads them back, checks count and sum, runs `select version()`,
 // and prints one final line `JDBC_OK rows=<n> sum=<s>`. On any failure it prints the
@@ -39,11 +41,15 @@ public class JdbcQuery {
         }
     }
 
-    // Adds connectTimeout=10 and socketTimeout=30 (seconds) unless the URL sets them,
-    // so a broken tunnel fails the test instead of hanging it.
+    // Adds a 10 s connect timeout and a 30 s socket timeout unless the URL sets them,
+    // so a broken tunnel fails the test instead of hanging it. pgjdbc counts them
+    // in seconds, MariaDB Connector/J in milliseconds.
     static String withTimeouts(String url) {
         StringBuilder u = new StringBuilder(url);
-        for (String p : new String[] {"connectTimeout=10", "socketTimeout=30"}) {
+        String[] timeouts = url.startsWith("jdbc:mariadb:")
+                ? new String[] {"connectTimeout=10000", "socketTimeout=30000"}
+                : new String[] {"connectTimeout=10", "socketTimeout=30"};
+        for (String p : timeouts) {
             String key = p.substring(0, p.indexOf('=') + 1);
             if (!url.contains(key)) {
                 u.append(u.indexOf("?") < 0 ? '?' : '&').append(p);
