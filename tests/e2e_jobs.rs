@@ -389,16 +389,11 @@ async fn a_killed_agents_job_completes_elsewhere_and_a_late_result_is_refused() 
         .await
         .unwrap()
         .into_inner();
-    let assign = loop {
-        let f = tokio::time::timeout(WAIT, raw.inbound.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(server_frame::Kind::JobAssign(a)) = f.kind {
-            break a;
-        }
-    };
+    let assign = next_of(&mut raw, |k| match k {
+        server_frame::Kind::JobAssign(a) => Some(a),
+        _ => None,
+    })
+    .await;
     assert_eq!(
         (assign.job_id.as_str(), assign.lease_token),
         (j.job_id.as_str(), 1)
@@ -427,18 +422,11 @@ async fn a_killed_agents_job_completes_elsewhere_and_a_late_result_is_refused() 
         .await
         .unwrap();
     // The sweep told it to stop when its lease lapsed; now the refusal.
-    let refused = tokio::time::timeout(WAIT, async {
-        loop {
-            let f = raw.inbound.message().await.unwrap().unwrap();
-            if let Some(server_frame::Kind::JobCancel(c)) = f.kind
-                && c.reason.contains("stale lease")
-            {
-                break c;
-            }
-        }
+    let refused = next_of(&mut raw, |k| match k {
+        server_frame::Kind::JobCancel(c) if c.reason.contains("stale lease") => Some(c),
+        _ => None,
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(refused.lease_token, 1);
     cp.logs
         .wait_for_text("refused a job update: stale lease")

@@ -75,29 +75,13 @@ pub(super) fn view(j: JobRecord) -> Job {
     }
 }
 
-/// A job type or credential name: what agents can declare.
-fn check_name(what: &str, name: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "{what} {name:?} is not valid: use 1-64 letters, digits, '.', '-' or '_'"
-        )))
-    }
-}
-
 pub(super) async fn submit(
     state: &Shared,
     who: &Principal,
     r: SubmitJobRequest,
 ) -> Result<Job, Status> {
     validate::check_pool(&r.pool)?;
-    check_name("job type", &r.job_type)?;
+    validate::check_job_name("job type", &r.job_type)?;
     if r.payload.len() > MAX_PAYLOAD {
         return Err(Status::invalid_argument(format!(
             "the payload is {} bytes, over the limit of {MAX_PAYLOAD}; pass a reference (a path, a URL) instead",
@@ -110,7 +94,7 @@ pub(super) async fn submit(
         )));
     }
     for c in &r.credential_names {
-        check_name("credential name", c)?;
+        validate::check_job_name("credential name", c)?;
     }
     if r.idempotency_key.len() > 128 {
         return Err(Status::invalid_argument(

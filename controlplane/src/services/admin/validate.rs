@@ -3,14 +3,19 @@
 
 use tonic::Status;
 
+/// 1 to `max` bytes, each one `allowed`.
+fn name_ok(name: &str, max: usize, allowed: impl Fn(u8) -> bool) -> bool {
+    !name.is_empty() && name.len() <= max && name.bytes().all(allowed)
+}
+
+/// Letters, digits, '.', '-' and '_'.
+fn dotted(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"._-".contains(&b)
+}
+
 /// Pool names: letters, digits, '.', '-' and '_', 1-63 characters.
 pub fn check_pool(pool: &str) -> Result<(), Status> {
-    let ok = !pool.is_empty()
-        && pool.len() <= 63
-        && pool
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if name_ok(pool, 63, dotted) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
@@ -21,12 +26,9 @@ pub fn check_pool(pool: &str) -> Result<(), Status> {
 
 /// Connection names: letters, digits, '-' and '_', 1-63 characters.
 pub fn check_connection_name(name: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
-    if ok {
+    if name_ok(name, 63, |b| {
+        b.is_ascii_alphanumeric() || b"-_".contains(&b)
+    }) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
@@ -37,16 +39,25 @@ pub fn check_connection_name(name: &str) -> Result<(), Status> {
 
 /// Org names: lower-case letters, digits and '-', 1-63 characters.
 pub fn check_org(org: &str) -> Result<(), Status> {
-    let ok = !org.is_empty()
-        && org.len() <= 63
-        && org
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
+    if name_ok(org, 63, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+    }) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
             "org {org:?} is not a valid name: use 1-63 lower-case letters, digits or '-'"
+        )))
+    }
+}
+
+/// Job types and credential names (what agents can declare): letters,
+/// digits, '.', '-' and '_', 1-64 characters.
+pub fn check_job_name(what: &str, name: &str) -> Result<(), Status> {
+    if name_ok(name, 64, dotted) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{what} {name:?} is not valid: use 1-64 letters, digits, '.', '-' or '_'"
         )))
     }
 }
