@@ -34,7 +34,12 @@ fn random(n: usize) -> Vec<u8> {
 /// until its half-close, answers with the SHA-256 of what it received, then
 /// its own random bytes followed by their SHA-256, and closes.
 async fn checksum_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A backlog above the thousand connects that arrive at once: with the
+    // default 1024 the kernel may fall back to SYN cookies under load and
+    // reset a connection, which is the target's failure, not the tunnel's.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(4096).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         // Bounded by the test's connection count; an accept error (a
@@ -63,13 +68,15 @@ async fn checksum_server() -> SocketAddr {
 }
 
 /// One client: sends random bytes, half-closes, checks both checksums.
-async fn checksum_client(gateway: SocketAddr) {
-    let mut s = TcpStream::connect(gateway).await.unwrap();
+/// An I/O failure is returned (not panicked) so that the test can show the
+/// control plane's and agent's warnings next to it.
+async fn checksum_client(gateway: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(gateway).await?;
     let sent = random(PER_CHANNEL);
-    s.write_all(&sent).await.unwrap();
-    s.shutdown().await.unwrap();
+    s.write_all(&sent).await?;
+    s.shutdown().await?;
     let mut reply = Vec::new();
-    s.read_to_end(&mut reply).await.unwrap();
+    s.read_to_end(&mut reply).await?;
     assert_eq!(reply.len(), 32 + PER_CHANNEL + 32, "short reply");
     assert_eq!(
         &reply[..32],
@@ -82,6 +89,16 @@ async fn checksum_client(gateway: SocketAddr) {
         digest(&SHA256, body).as_ref(),
         "the client received corrupted bytes"
     );
+    Ok(())
+}
+
+/// The WARN and ERROR lines of a process's JSON log.
+fn warnings(logs: &support::Logs) -> String {
+    logs.text()
+        .lines()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +109,7 @@ async fn a_thousand_concurrent_channels_through_one_session_arrive_intact() {
     let cp = ControlPlane::start(&dir.path().join("cp")).await;
     let token = cp.token("bulk", 1).await;
     let allow = target.to_string();
-    let _agent = Agent::start(
+    let agent = Agent::start(
         &cp.endpoint(),
         &dir.path().join("agent"),
         Some(&token),
@@ -105,7 +122,13 @@ async fn a_thousand_concurrent_channels_through_one_session_arrive_intact() {
         .map(|_| tokio::spawn(checksum_client(gw)))
         .collect();
     for c in clients {
-        tokio::time::timeout(WAIT, c).await.unwrap().unwrap();
+        if let Err(e) = tokio::time::timeout(WAIT, c).await.unwrap().unwrap() {
+            panic!(
+                "a client failed: {e}\ncontrol plane warnings:\n{}\nagent warnings:\n{}",
+                warnings(&cp.logs),
+                warnings(&agent.logs)
+            );
+        }
     }
     let opened = cp
         .metric("tether_channels_opened_total{pool=\"bulk\",path=\"gateway\"}")

@@ -77,12 +77,14 @@ pub(crate) async fn run(c: &ConnectArgs, format: Format, a: EventsArgs) -> anyho
         }
         return Ok(());
     }
-    // Resume right after what was printed (nothing printed: from the newest
-    // stored on, which the server takes 0 to mean).
+    // Resume right after what was printed. Nothing printed means nothing
+    // was stored when we listed: replay from the oldest, so that events
+    // recorded between the list and the watch are not lost.
     let mut stream = admin
         .watch_events(WatchEventsRequest {
             after_id: last,
             agent_id: a.agent,
+            from_oldest: last == 0,
         })
         .await
         .map_err(|s| status("watching events", s))?

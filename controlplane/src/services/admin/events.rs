@@ -82,6 +82,7 @@ pub(super) async fn watch(
     // Subscribed before reading the start, so nothing falls in between.
     let mut woken = state.events.subscribe();
     let mut last = match r.after_id {
+        0 if r.from_oldest => 0,
         // 0 = only new events.
         0 => state
             .store
