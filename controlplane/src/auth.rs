@@ -157,6 +157,14 @@ impl Principal {
     }
 }
 
+/// A key that is malformed, unknown or revoked: the caller is not told which.
+fn invalid_key() -> Status {
+    Status::unauthenticated(
+        "the API key is not valid (malformed, unknown or revoked); use the bootstrap key in the control plane's \
+         data directory (admin.key) or a key an admin created",
+    )
+}
+
 /// Checks the request's API key.
 pub async fn authenticate<T>(state: &State, req: &Request<T>) -> Result<Principal, Status> {
     let header = req.metadata().get("authorization").ok_or_else(|| {
@@ -165,34 +173,39 @@ pub async fn authenticate<T>(state: &State, req: &Request<T>) -> Result<Principa
              grpcurl takes -H 'authorization: Bearer <key>')",
         )
     })?;
-    let bad = || {
-        Status::unauthenticated(
-            "the API key is not valid (malformed, unknown or revoked); use the bootstrap key in the control plane's \
-             data directory (admin.key) or a key an admin created",
-        )
-    };
-    let text = header.to_str().map_err(|_| bad())?;
+    let text = header.to_str().map_err(|_| invalid_key())?;
     let key = text
         .strip_prefix("Bearer ")
         .or_else(|| text.strip_prefix("bearer "))
         .ok_or_else(|| {
             Status::unauthenticated("the authorization header must be `Bearer <API key>`")
         })?;
+    authenticate_key(
+        state,
+        key.trim(),
+        req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+    )
+    .await
+}
+
+/// Checks an API key given outside gRPC metadata (the SOCKS5 front's
+/// password); `peer` is the caller's address for the audit log.
+pub async fn authenticate_key(state: &State, key: &str, peer: String) -> Result<Principal, Status> {
     let (key_id, secret) =
-        secrets::split_api_key(&SecretString::from(key.trim().to_owned())).ok_or_else(bad)?;
+        secrets::split_api_key(&SecretString::from(key.to_owned())).ok_or_else(invalid_key)?;
     let record = state.store.get_api_key(&key_id).await.map_err(|e| {
         tracing::error!(error = %e, "looking up an API key failed");
         Status::unavailable("the control plane cannot read its store right now; retry")
     })?;
     let Some(record) = record else {
-        return Err(bad());
+        return Err(invalid_key());
     };
     if record.revoked_ms != 0 || !secrets::matches(secret.expose_secret(), &record.secret_hash) {
-        return Err(bad());
+        return Err(invalid_key());
     }
     let role = Role::parse(&record.role).ok_or_else(|| {
         tracing::error!(key_id = %record.key_id, role = %record.role, "stored key has an unknown role");
-        bad()
+        invalid_key()
     })?;
     let now = now_ms();
     if now - record.last_used_ms > TOUCH_EVERY_MS
@@ -206,7 +219,7 @@ pub async fn authenticate<T>(state: &State, req: &Request<T>) -> Result<Principa
         role,
         connections: record.connections,
         pools: record.pools,
-        peer: req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+        peer,
     })
 }
 
@@ -219,14 +232,26 @@ pub async fn authorize<T>(
     action: &str,
 ) -> Result<Principal, Status> {
     let who = authenticate(state, req).await?;
+    permit(state, &who, need, action).await?;
+    Ok(who)
+}
+
+/// Whether `who`'s role allows `need`; a refusal is written to the audit log
+/// as `action`.
+pub async fn permit(
+    state: &State,
+    who: &Principal,
+    need: Need,
+    action: &str,
+) -> Result<(), Status> {
     if need.allows(who.role) {
-        return Ok(who);
+        return Ok(());
     }
     let status = Status::permission_denied(format!(
         "{action} needs role {}; this key has role {}",
         need.roles(),
         who.role.as_str()
     ));
-    audit::record(state, &who, action, "", Err(&status), "").await;
+    audit::record(state, who, action, "", Err(&status), "").await;
     Err(status)
 }

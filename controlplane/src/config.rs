@@ -74,6 +74,11 @@ pub struct Args {
     /// Allow gateway listeners on non-loopback addresses [default: false].
     #[arg(long, env = "TETHER_GATEWAY_ALLOW_EXTERNAL")]
     pub gateway_allow_external: Option<String>,
+    /// SOCKS5 front for clients without code changes (username: the pool
+    /// or connection:NAME, password: an API key): a port, which binds
+    /// 127.0.0.1, or ip:port [default: off].
+    #[arg(long, env = "TETHER_SOCKS_LISTEN")]
+    pub socks_listen: Option<String>,
     /// How long shutdown waits for open channels [default: 30s].
     #[arg(long, env = "TETHER_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<String>,
@@ -139,8 +144,11 @@ pub struct Config {
     pub agent_cert_lifetime: Duration,
     /// Reported clock skew.
     pub max_clock_skew: Duration,
-    /// Gateway listeners may bind non-loopback addresses.
+    /// Gateway listeners (and the SOCKS5 front) may bind non-loopback
+    /// addresses.
     pub gateway_allow_external: bool,
+    /// The SOCKS5 front's address, if it runs.
+    pub socks_listen: Option<SocketAddr>,
     /// Shutdown wait for open channels.
     pub drain_timeout: Duration,
     /// HTTP/2 max concurrent streams per connection.
@@ -303,6 +311,24 @@ impl Config {
                 Some(WebhookConfig { url, secret })
             }
         };
+        let gateway_allow_external = l.flag("gateway_allow_external", false)?;
+        let socks_listen = match l.text("socks_listen")? {
+            None => None,
+            Some(v) => {
+                let addr = parse_socks_listen(&v.value).map_err(|why| {
+                    l.invalid("socks_listen", v.value.clone(), v.source.clone(), why)
+                })?;
+                if !addr.ip().is_loopback() && !gateway_allow_external {
+                    return Err(l.invalid(
+                        "socks_listen",
+                        v.value,
+                        v.source,
+                        "a non-loopback address exposes the front beyond this host; set gateway_allow_external: true as well, or bind 127.0.0.1".into(),
+                    ));
+                }
+                Some(addr)
+            }
+        };
         let health_history_samples = l.parse_with("health_history_samples", 60u32, |s| {
             s.parse::<u32>()
                 .ok()
@@ -360,7 +386,8 @@ impl Config {
             heartbeat_interval,
             agent_cert_lifetime,
             max_clock_skew,
-            gateway_allow_external: l.flag("gateway_allow_external", false)?,
+            gateway_allow_external,
+            socks_listen,
             drain_timeout: l.duration("drain_timeout", Duration::from_secs(30))?,
             max_concurrent_streams,
             log_format: l.parse("log_format", logging::Format::Auto)?,
@@ -434,6 +461,17 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "expected ip:port, e.g. 0.0.0.0:8443 or 127.0.0.1:0 for any free port".into())
 }
 
+/// A port alone binds the loopback address: the front is for this host
+/// unless asked otherwise.
+fn parse_socks_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.trim().parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.trim()
+        .parse()
+        .map_err(|_| "expected a port (binds 127.0.0.1), or ip:port such as 127.0.0.1:1080".into())
+}
+
 /// Two settings that go together (a certificate and its key).
 fn pair(l: &Layers, cert: &str, key: &str) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
     match (l.text(cert)?, l.text(key)?) {
@@ -474,6 +512,37 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(c.agent_cert_lifetime, Duration::from_secs(7 * 86_400));
         assert!(!c.gateway_allow_external);
+        assert_eq!(c.socks_listen, None);
+    }
+
+    #[test]
+    fn the_socks_front_binds_loopback_unless_told_otherwise() {
+        let c = config(&["--socks-listen", "1080"], None).unwrap();
+        assert_eq!(c.socks_listen, Some("127.0.0.1:1080".parse().unwrap()));
+        let c = config(&[], Some("socks_listen: 127.0.0.1:0\n")).unwrap();
+        assert_eq!(c.socks_listen, Some("127.0.0.1:0".parse().unwrap()));
+        let err = config(&["--socks-listen", "0.0.0.0:1080"], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("socks") && err.contains("gateway_allow_external"),
+            "{err}"
+        );
+        let c = config(
+            &[
+                "--socks-listen",
+                "0.0.0.0:1080",
+                "--gateway-allow-external",
+                "true",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.socks_listen, Some("0.0.0.0:1080".parse().unwrap()));
+        let err = config(&["--socks-listen", "localhost:x"], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected a port"), "{err}");
     }
 
     #[test]

@@ -58,6 +58,8 @@ struct Listener {
 #[derive(Default)]
 pub struct Gateways {
     listeners: Mutex<HashMap<(String, String), Listener>>,
+    /// Stops the other client listener, the SOCKS5 front, with the gateways.
+    front: CancellationToken,
 }
 
 impl std::fmt::Debug for Gateways {
@@ -116,6 +118,12 @@ impl Gateways {
         for (_, l) in self.map().drain() {
             l.cancel.cancel();
         }
+        self.front.cancel();
+    }
+
+    /// Fires when [`Gateways::stop_all`] runs: the SOCKS5 front stops too.
+    pub fn front_stop(&self) -> CancellationToken {
+        self.front.clone()
     }
 
     /// Where a connection's gateway listens, if it runs.

@@ -24,6 +24,7 @@ pub mod ops;
 pub mod registry;
 pub mod router;
 pub mod services;
+pub mod socks;
 pub mod splice;
 pub mod state;
 pub mod store;
@@ -126,6 +127,8 @@ pub enum StartError {
 pub struct Ready {
     pub grpc: SocketAddr,
     pub ops: SocketAddr,
+    /// The SOCKS5 front, when configured.
+    pub socks: Option<SocketAddr>,
     pub public_endpoint: String,
 }
 
@@ -277,6 +280,11 @@ pub async fn run(
             addr: config.ops_listen,
             source,
         })?;
+    let socks_listener = match config.socks_listen {
+        None => None,
+        Some(addr) => Some(bind(addr, "SOCKS5", "socks-listen").await?),
+    };
+    let socks_addr = socks_listener.as_ref().and_then(|l| l.local_addr().ok());
     let tls_config = Arc::new(tls::server_config(&authority)?);
 
     let tracker = TaskTracker::new();
@@ -299,6 +307,13 @@ pub async fn run(
         serving: false.into(),
     });
     start_gateways(&state).await;
+    if let Some(listener) = socks_listener {
+        tracker.spawn(socks::serve(
+            state.clone(),
+            listener,
+            state.gateways.front_stop(),
+        ));
+    }
     tracker.spawn(watcher::run(state.clone()));
     tracker.spawn(jobs::dispatch::run(state.clone()));
     tracker.spawn(jobs::sweep::run(state.clone()));
@@ -368,11 +383,13 @@ pub async fn run(
     let ready = Ready {
         grpc: grpc_addr,
         ops: ops_addr,
+        socks: socks_addr,
         public_endpoint: state.public_endpoint.clone(),
     };
     info!(
         grpc = %ready.grpc,
         ops = %ready.ops,
+        socks = %ready.socks.map(|a| a.to_string()).unwrap_or_default(),
         public_endpoint = %ready.public_endpoint,
         ca_pin = %state.authority.pin,
         data_dir = %state.config.data_dir.display(),

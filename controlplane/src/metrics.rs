@@ -38,6 +38,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplyLabels {
+    reply: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -118,6 +123,7 @@ struct Inner {
     channel_bytes: Family<BytesLabels, Counter>,
     dial_errors: Family<ReasonLabels, Counter>,
     tls_failures: Family<ReasonLabels, Counter>,
+    socks_requests: Family<ReplyLabels, Counter>,
     heartbeats: Counter,
     heartbeat_rtt: Histogram,
     heartbeat_age_max: Gauge<f64, AtomicU64>,
@@ -161,6 +167,7 @@ impl Metrics {
             channel_bytes: Family::default(),
             dial_errors: Family::default(),
             tls_failures: Family::default(),
+            socks_requests: Family::default(),
             heartbeats: Counter::default(),
             heartbeat_rtt: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 16),
@@ -216,6 +223,11 @@ impl Metrics {
             "tls_handshake_failures",
             "Connections to the gRPC port that failed before gRPC, by reason",
             inner.tls_failures.clone(),
+        );
+        registry.register(
+            "socks_requests",
+            "SOCKS5 front requests, by the reply they got (succeeded or the refusal)",
+            inner.socks_requests.clone(),
         );
         registry.register(
             "heartbeats",
@@ -386,6 +398,14 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
             })
+            .inc();
+    }
+
+    /// A SOCKS5 request was answered with `reply`.
+    pub fn socks_request(&self, reply: &'static str) {
+        self.inner
+            .socks_requests
+            .get_or_create(&ReplyLabels { reply })
             .inc();
     }
 

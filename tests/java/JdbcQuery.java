@@ -7,6 +7,13 @@
 // in one transaction, reads them back, checks count and sum, runs `select version()`,
 // and prints one final line `JDBC_OK rows=<n> sum=<s>`. On any failure it prints the
 // exception chain to stderr and exits with status 1. No password: the server uses trust auth.
+//
+// Through Tether's SOCKS5 front, add -DsocksProxyHost=H -DsocksProxyPort=P
+// -Dtether.socks.username=<pool> and put the API key in TETHER_SOCKS_PASSWORD:
+// the JVM answers a SOCKS5 password request only through an Authenticator,
+// which this program installs (the key stays off the command line).
+import java.net.Authenticator;
+import java.net.PasswordAuthentication;
 import java.sql.Connection;
 import java.sql.DriverManager;
 import java.sql.PreparedStatement;
@@ -25,6 +32,7 @@ public class JdbcQuery {
             if (n < 1) {
                 throw new IllegalArgumentException("expected-rows must be >= 1, got " + n);
             }
+            socksAuthenticator();
             run(withTimeouts(args[0]), args[1], n);
         } catch (Throwable t) {
             // Print every cause (and SQLException's chained "next" exceptions).
@@ -39,6 +47,28 @@ public class JdbcQuery {
             t.printStackTrace(System.err);
             System.exit(1);
         }
+    }
+
+    // The SOCKS5 username (the pool) and password (an API key), when set.
+    static void socksAuthenticator() {
+        String user = System.getProperty("tether.socks.username");
+        if (user == null) {
+            return;
+        }
+        String key = System.getenv("TETHER_SOCKS_PASSWORD");
+        if (key == null || key.isEmpty()) {
+            throw new IllegalArgumentException(
+                    "-Dtether.socks.username is set but TETHER_SOCKS_PASSWORD (the API key) is not");
+        }
+        char[] password = key.toCharArray();
+        Authenticator.setDefault(new Authenticator() {
+            @Override
+            protected PasswordAuthentication getPasswordAuthentication() {
+                return "SOCKS5".equals(getRequestingProtocol())
+                        ? new PasswordAuthentication(user, password)
+                        : null;
+            }
+        });
     }
 
     // Adds a 10 s connect timeout and a 30 s socket timeout unless the URL sets them,
