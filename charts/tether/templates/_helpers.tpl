@@ -186,6 +186,17 @@ validate.yaml runs them on every render.
 {{- if and $cp.enabled (eq $cp.tls.mode "existingSecret") (not $cp.tls.existingSecret) }}
 {{- fail "controlplane.tls.mode=existingSecret needs controlplane.tls.existingSecret (a kubernetes.io/tls Secret with the CA)" }}
 {{- end }}
+{{- if and $cp.enabled $cp.socks.enabled }}
+{{- $socksPort := int $cp.socks.port }}
+{{- if has $socksPort (list 8080 8443) }}
+{{- fail (printf "controlplane.socks.port %d is taken by the control plane itself (8443 gRPC, 8080 ops): pick another port for the SOCKS5 front, e.g. 1080" $socksPort) }}
+{{- end }}
+{{- range $cp.gateways }}
+{{- if eq (int .port) $socksPort }}
+{{- fail (printf "controlplane.socks.port %d is also the port of gateway %q in controlplane.gateways: the SOCKS5 front and a gateway cannot listen on the same port" $socksPort (toString .name)) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $a := .Values.agent }}
 {{- if $a.enabled }}
 {{- if not $a.pool }}
