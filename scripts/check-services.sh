@@ -64,6 +64,21 @@ if [ -f /usr/share/java/mariadb-java-client.jar ]; then
 else
   missing "/usr/share/java/mariadb-java-client.jar" "run scripts/install-test-deps.sh as root (installs libmariadb-java)"
 fi
+for jar in HikariCP.jar slf4j-api.jar; do
+  if [ -f "/usr/share/java/$jar" ]; then ok "/usr/share/java/$jar"
+  else missing "/usr/share/java/$jar" "run scripts/install-test-deps.sh as root (installs libhikaricp-java)"; fi
+done
+
+# The Python Dial client's venv (clients/python; tests/e2e_python_client.rs).
+py_fix="run scripts/install-test-deps.sh as root (a venv from clients/python/requirements.txt, run as tether-python-client)"
+if ! command -v tether-python-client >/dev/null; then
+  missing "tether-python-client on PATH" "$py_fix"
+elif out=$($T tether-python-client -c 'import grpc, grpc_tools, psycopg' </dev/null 2>&1); then
+  ok "tether-python-client (grpc, grpc_tools, psycopg)"
+else
+  # the last line of a traceback names what is missing
+  missing "tether-python-client (grpc, grpc_tools, psycopg)" "${out##*$'\n'} -- $py_fix"
+fi
 
 if [ "$failed" != 0 ]; then
   echo "check-services: some services or tools the end-to-end tests need are missing (see MISSING lines above)" >&2

@@ -24,18 +24,23 @@ NPM_PKGS="@bufbuild/buf@1.75.0 @kubernetes-models/cert-manager@6.0.0
   @kubernetes-models/prometheus-operator@6.0.0"
 # default-jre-headless runs single-file Java programs (the JDBC tests);
 # libpostgresql-jdbc-java is the real pgJDBC driver, libmariadb-java the
-# real MariaDB Connector/J.
+# real MariaDB Connector/J, libhikaricp-java the HikariCP pool (with
+# slf4j-api) of the agent fail-over test.
 # systemd carries systemd-analyze (the unit checks); a container image may lack it.
 # tinyproxy is the real HTTP CONNECT proxy the agent is tested through.
 # prometheus carries promtool, which checks the /metrics output.
 # openssh-server and openssh-client: a real sshd reached with
 # `tetherctl dial` as ssh's ProxyCommand.
 APT_PKGS="postgresql-client mariadb-client default-jre-headless libpostgresql-jdbc-java
-  libmariadb-java python3-venv ca-certificates nodejs npm systemd tinyproxy prometheus
+  libmariadb-java libhikaricp-java python3-venv ca-certificates nodejs npm systemd tinyproxy prometheus
   openssh-server openssh-client"
 # mitmproxy (a real TLS-intercepting proxy, for the pinning tests) in a venv
 # of its own: its pinned dependencies must not meet the other tools'.
 MITM_PKGS="mitmproxy==11.0.2"
+# The Python Dial client (clients/python: grpcio, grpcio-tools, psycopg) in a
+# venv of its own too, pinned by its requirements.txt; its python runs as
+# tether-python-client (tests/e2e_python_client.rs).
+PYCLIENT_REQS="$(cd "$(dirname "$0")/.." && pwd)/clients/python/requirements.txt"
 
 export DEBIAN_FRONTEND=noninteractive
 if [ "$(id -u)" != 0 ]; then
@@ -122,6 +127,24 @@ if [ "$(cat "$MITM_VENV/.pip-stamp" 2>/dev/null)" != "$MITM_PKGS" ]; then
 fi
 ln -sf "$MITM_VENV/bin/mitmdump" "$BIN/mitmdump"
 
+# The Python Dial client's venv; the stamp is the requirements file itself,
+# so a changed pin reinstalls.
+PY_VENV=$PREFIX/pyclient
+if [ ! -x "$PY_VENV/bin/pip" ]; then
+  rm -rf "$PY_VENV"; /usr/bin/python3 -m venv "$PY_VENV"
+fi
+if ! cmp -s "$PYCLIENT_REQS" "$PY_VENV/.pip-stamp"; then
+  echo "pip: installing $PYCLIENT_REQS"
+  "$PY_VENV/bin/pip" install -q --disable-pip-version-check -r "$PYCLIENT_REQS"
+  cp "$PYCLIENT_REQS" "$PY_VENV/.pip-stamp"
+fi
+# A wrapper, not a symlink: python started through a symlink outside the
+# venv does not find the venv's pyvenv.cfg, hence none of its packages.
+# shellcheck disable=SC2016  # "$@" belongs in the wrapper, unexpanded
+printf '#!/bin/sh\nexec %s "$@"\n' "'$PY_VENV/bin/python'" > "$BIN/tether-python-client.new"
+chmod 755 "$BIN/tether-python-client.new"
+mv -f "$BIN/tether-python-client.new" "$BIN/tether-python-client"
+
 # npm tools in their own prefix.
 NPMDIR=$PREFIX/npm
 if [ "$(cat "$NPMDIR/.npm-stamp" 2>/dev/null)" != "$NPM_PKGS" ]; then
@@ -157,5 +180,6 @@ show systemd-analyze     'systemd-analyze --version'
 show tinyproxy           'tinyproxy -v'
 show promtool            'promtool --version 2>&1 | head -1'
 show mitmdump            'mitmdump --version'
+show tether-python-client "tether-python-client -c 'import sys, grpc, grpc_tools, psycopg; print(\"python\", sys.version.split()[0], \"grpcio\", grpc.__version__, \"psycopg\", psycopg.__version__)'"
 show node                'node --version'
 show kubernetes-models   "ls -d $NPMDIR/node_modules/@kubernetes-models/cert-manager $NPMDIR/node_modules/@kubernetes-models/prometheus-operator | xargs -n1 basename | paste -sd' '"
