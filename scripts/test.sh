@@ -7,15 +7,17 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "installing test tools (scripts/install-test-deps.sh)"
-if [ "$(id -u)" = 0 ]; then
-  scripts/install-test-deps.sh
-elif command -v sudo >/dev/null; then
-  sudo scripts/install-test-deps.sh
-else
-  echo "test.sh: scripts/install-test-deps.sh needs root; run it as root once, then re-run" >&2
-  exit 1
-fi
+step "installing test tools (scripts/install-test-deps.sh, scripts/install-bench-peers.sh)"
+for script in scripts/install-test-deps.sh scripts/install-bench-peers.sh; do
+  if [ "$(id -u)" = 0 ]; then
+    "$script"
+  elif command -v sudo >/dev/null; then
+    sudo "$script"
+  else
+    echo "test.sh: $script needs root; run it as root once, then re-run" >&2
+    exit 1
+  fi
+done
 
 step "checking local services (scripts/check-services.sh)"
 scripts/check-services.sh
@@ -44,6 +46,12 @@ cargo build --workspace --bins --locked
 
 step "cargo test --workspace (store: SQLite; the store's own tests also run on PostgreSQL)"
 cargo test --workspace --locked
+
+# The side-by-side benchmark suite, tiny sizes, so that it cannot rot; a
+# missing peer fails it (--require-peers).
+step "benchmark suite smoke run (tether-bench --only peers, about a minute)"
+target/debug/tether-bench --only peers --require-peers --peers-bulk-mib 8 --reps 1 \
+  --round-trips 200 --connections 100 --idle 20 --peers-far-mib 4
 
 # The end-to-end suite again with every control plane on PostgreSQL: one
 # database for this run (a schema per control plane inside it), dropped

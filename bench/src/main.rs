@@ -14,10 +14,13 @@
 
 #![allow(clippy::print_stdout)] // a report printer
 
+mod deploy;
 mod jobs;
 mod measure;
+mod peers;
 mod procs;
 mod relay;
+mod suite;
 mod targets;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -47,9 +50,20 @@ struct Args {
     #[arg(long)]
     write_docs: Option<PathBuf>,
     /// Run only these measures (comma-separated): bulk, rtt, conn, idle,
-    /// far, jobs.
+    /// far, jobs; or `peers`, the side-by-side suite against ssh -L,
+    /// stunnel, socat and rathole (only when asked for).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// MiB per bulk transfer in the peers suite.
+    #[arg(long, default_value_t = 1024)]
+    peers_bulk_mib: u64,
+    /// Fail when a peer is missing instead of reporting it (the CI smoke
+    /// run: scripts/test.sh).
+    #[arg(long)]
+    require_peers: bool,
+    /// MiB per transfer through the 50 ms relay in the peers suite.
+    #[arg(long, default_value_t = 256)]
+    peers_far_mib: u64,
     /// Jobs timed one at a time for submit-to-start latency.
     #[arg(long, default_value_t = 200)]
     job_latency_runs: usize,
@@ -103,8 +117,29 @@ struct Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let only_jobs = !args.only.is_empty() && args.only.iter().all(|m| m == "jobs");
+    let only_jobs = !args.only.is_empty() && args.only.iter().all(|m| m == "jobs" || m == "peers");
     let mut sections = Vec::new();
+    if args.only.iter().any(|m| m == "peers") {
+        let section = suite::run(&suite::Plan {
+            bulk_mib: args.peers_bulk_mib,
+            reps: args.reps,
+            round_trips: args.round_trips,
+            connections: args.connections.min(2_000),
+            idle: args.idle,
+            far_mib: args.peers_far_mib,
+            require_peers: args.require_peers,
+        })
+        .await?;
+        println!("\n{section}");
+        let (about, table) = section
+            .split_once("\n| measure")
+            .map_or((section.as_str(), ""), |(a, t)| (a, t));
+        sections.push((
+            "tether-bench-peers",
+            about.trim_end().to_owned(),
+            format!("| measure{table}"),
+        ));
+    }
     if !only_jobs {
         let table = render(&tunnel(&args).await?);
         println!("\n{table}");
@@ -159,46 +194,14 @@ async fn main() -> anyhow::Result<()> {
 async fn tunnel(args: &Args) -> anyhow::Result<Vec<Row>> {
     let dir = tempfile::tempdir()?;
     let target = targets::start().await?;
-    let (cp, grpc) = procs::control_plane(&dir.path().join("cp")).await?;
-    let endpoint = format!("https://{grpc}");
-    let cp_dir = dir.path().join("cp");
-    let ctl = |a: Vec<String>| {
-        let endpoint = endpoint.clone();
-        let cp_dir = cp_dir.clone();
-        async move {
-            let args: Vec<&str> = a.iter().map(String::as_str).collect();
-            procs::tetherctl(&endpoint, &cp_dir, &args).await
-        }
-    };
-    let token = |pool: &str| {
-        vec![
-            "tokens".into(),
-            "create".into(),
-            "--pool".into(),
-            pool.to_owned(),
-        ]
-    };
-    let near_token = ctl(token("near")).await?;
-    let agent = procs::agent(
-        &endpoint,
-        &dir.path().join("agent"),
-        near_token.trim(),
-        &target.to_string(),
-    )
-    .await?;
-    let gateway = add_gateway(&ctl, "near", "near", target).await?;
-
-    // The far agent reaches the control plane through the 50 ms relay.
-    let relay = relay::start(grpc, Duration::from_millis(25)).await?;
-    let far_token = ctl(token("far")).await?;
-    let _far_agent = procs::agent(
-        &format!("https://{relay}"),
-        &dir.path().join("far"),
-        far_token.trim(),
-        &target.to_string(),
-    )
-    .await?;
-    let far_gateway = add_gateway(&ctl, "far", "far", target).await?;
+    let deploy::Deployment {
+        cp,
+        agent,
+        far_agent: _far_agent,
+        gateway,
+        far_gateway,
+        ..
+    } = deploy::deploy(dir.path(), target).await?;
 
     println!(
         "tether-bench: {} MiB bulk x {} reps, {} round trips, {} connections, {} idle channels",
@@ -366,38 +369,6 @@ impl Bench {
             target: ">= 100 MB/s".into(),
         })
     }
-}
-
-async fn add_gateway<F, Fut>(
-    ctl: &F,
-    name: &str,
-    pool: &str,
-    target: SocketAddr,
-) -> anyhow::Result<SocketAddr>
-where
-    F: Fn(Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<String>>,
-{
-    let out = ctl(vec![
-        "-o".into(),
-        "json".into(),
-        "connections".into(),
-        "add".into(),
-        name.into(),
-        "--pool".into(),
-        pool.into(),
-        "--target".into(),
-        target.to_string(),
-        "--gateway".into(),
-        "127.0.0.1:0".into(),
-    ])
-    .await?;
-    let v: serde_json::Value = serde_json::from_str(out.trim())?;
-    v["gateway"]
-        .as_str()
-        .context("no gateway address")?
-        .parse()
-        .context("gateway address")
 }
 
 fn render(rows: &[Row]) -> String {

@@ -81,26 +81,69 @@ impl Proc {
 
     /// Resident memory, bytes (from /proc).
     pub(crate) fn rss(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        rss_of(self.pid())
     }
 
     /// User + system CPU seconds so far (from /proc).
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the ")" of the command name; utime and stime are the
-        // 12th and 13th of them.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_of(self.pid())
     }
+}
+
+/// The fields of /proc/PID/stat after the command name (state is 0).
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Resident memory of one process, bytes.
+pub(crate) fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// User + system CPU seconds of one process (utime and stime are the 12th
+/// and 13th fields after the command name), including its waited-for
+/// children (cutime, cstime), so that forked helpers that ended count too.
+pub(crate) fn cpu_of(pid: u32) -> f64 {
+    let f = stat_fields(pid);
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0
+}
+
+/// `root` and every process below it (peers fork per connection).
+pub(crate) fn tree(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                let ppid = stat_fields(pid)
+                    .get(1)
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .unwrap_or(0);
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    // Bounded: each round adds at least one pid or ends.
+    for _ in 0..parent_of.len() {
+        let before = out.len();
+        for (pid, ppid) in &parent_of {
+            if out.contains(ppid) && !out.contains(pid) {
+                out.push(*pid);
+            }
+        }
+        if out.len() == before {
+            break;
+        }
+    }
+    out
 }
 
 /// A control plane in `dir` on its defaults.
