@@ -97,7 +97,7 @@ async fn python_client_reaches_postgres_through_dial_open() {
             .any(|l| l.starts_with("Ran ") && !l.starts_with("Ran 0 ")),
         "{python}"
     );
-    println!("{python}");
+    eprintln!("{python}");
 
     // It went through the Dial API: the psycopg and raw channels were
     // opened, the refused target was counted as a policy refusal.

@@ -10,10 +10,10 @@ mod support;
 use std::net::SocketAddr;
 
 use support::{Agent, ControlPlane, WAIT};
-use tether::proto::{CreateConnectionRequest, Role};
+use tether::proto::{CreateConnectionRequest, RevokeApiKeyRequest, Role};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     process::Command,
 };
 
@@ -37,7 +37,10 @@ async fn greet(front: SocketAddr, methods: &[u8]) -> (TcpStream, u8) {
     hello.extend_from_slice(methods);
     s.write_all(&hello).await.unwrap();
     let mut answer = [0u8; 2];
-    s.read_exact(&mut answer).await.unwrap();
+    tokio::time::timeout(WAIT, s.read_exact(&mut answer))
+        .await
+        .expect("a method selection within the wait")
+        .unwrap();
     assert_eq!(answer[0], 5, "SOCKS version in the method selection");
     (s, answer[1])
 }
@@ -50,7 +53,10 @@ async fn login(s: &mut TcpStream, user: &str, password: &str) -> u8 {
     m.extend_from_slice(password.as_bytes());
     s.write_all(&m).await.unwrap();
     let mut answer = [0u8; 2];
-    s.read_exact(&mut answer).await.unwrap();
+    tokio::time::timeout(WAIT, s.read_exact(&mut answer))
+        .await
+        .expect("a login answer within the wait")
+        .unwrap();
     assert_eq!(answer[0], 1, "sub-negotiation version");
     answer[1]
 }
@@ -113,10 +119,13 @@ async fn echo_once(s: &mut TcpStream) {
     assert_eq!(&back, b"through socks");
 }
 
-/// A loopback port where nothing listens.
-async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+/// A loopback port that refuses connections: bound (so nothing else takes
+/// it) but not listening. Keep the socket while the port is used.
+fn closed_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +133,7 @@ async fn socks_clients_reach_targets_and_every_refusal_has_its_reply_code() {
     let dir = tempfile::tempdir().unwrap();
     let (cp, front) = start(dir.path()).await;
     let echo = support::echo_server().await;
-    let closed = closed_port().await;
+    let (_closed_socket, closed) = closed_port();
     let token = cp.token("p", 1).await;
     let rules = [
         echo.to_string(),
@@ -154,6 +163,13 @@ async fn socks_clients_reach_targets_and_every_refusal_has_its_reply_code() {
     let conn_dialer = cp.key(Role::Dialer, "default", &["echo"], &[]).await;
     let other = cp.key(Role::Dialer, "default", &[], &["q"]).await;
     let viewer = cp.key(Role::Viewer, "default", &[], &[]).await;
+    let revoked = cp.key(Role::Dialer, "default", &[], &["p"]).await;
+    cp.admin()
+        .revoke_api_key(RevokeApiKeyRequest {
+            key_id: revoked.split('.').nth(2).unwrap().to_owned(),
+        })
+        .await
+        .unwrap();
 
     // Through, by address, by name (the agent resolves it) and by connection.
     let (code, mut s) = dial(front, "p", &dialer, &to_addr(echo)).await;
@@ -183,6 +199,17 @@ async fn socks_clients_reach_targets_and_every_refusal_has_its_reply_code() {
     );
     let (mut s, _) = greet(front, &[2]).await;
     assert_ne!(login(&mut s, "bad name!", &dialer).await, 0);
+    let (mut s, _) = greet(front, &[2]).await;
+    assert_ne!(
+        login(&mut s, &dialer, "p").await,
+        0,
+        "username and password swapped"
+    );
+    let (mut s, _) = greet(front, &[2]).await;
+    let unknown = format!("tether-key.v1.{}.{}", "0".repeat(16), "1".repeat(64));
+    assert_ne!(login(&mut s, "p", &unknown).await, 0, "an unknown key");
+    let (mut s, _) = greet(front, &[2]).await;
+    assert_ne!(login(&mut s, "p", &revoked).await, 0, "a revoked key");
 
     // Refusals after the login, each with its code.
     let with_command = |command: u8| {
@@ -225,36 +252,40 @@ async fn socks_clients_reach_targets_and_every_refusal_has_its_reply_code() {
         assert_eq!(code, *want, "{what}");
     }
 
-    // Counted by reply, and logged with the reason.
+    // Counted by reply (before the client hears it), and logged with the
+    // reason.
     let metric = |reply: &str| format!("tether_socks_requests_total{{reply=\"{reply}\"}}");
-    for (reply, at_least) in [
+    for (reply, count) in [
         ("succeeded", 3.0),
-        ("not_allowed", 7.0),
+        // The method, 6 logins, 3 refusals after the login.
+        ("not_allowed", 10.0),
         ("network_unreachable", 1.0),
         ("host_unreachable", 1.0),
         ("connection_refused", 1.0),
         ("command_not_supported", 2.0),
         ("address_type_not_supported", 1.0),
     ] {
-        let n = cp.metric(&metric(reply)).await;
-        assert!(n >= at_least, "{reply}: {n} < {at_least}");
+        assert_eq!(cp.metric(&metric(reply)).await, count, "{reply}");
     }
     let opened = cp
         .metric("tether_channels_opened_total{pool=\"p\",path=\"socks\"}")
         .await;
     assert!(opened >= 3.0, "channels through the front: {opened}");
-    let log = cp.logs.text();
     for reason in [
         "no agent of pool \\\"nobody-home\\\" is online",
         "may not dial pool \\\"p\\\"",
         "offered no username/password",
         "needs role dialer, operator or admin",
         "reaches 127.0.0.1",
+        "looks like an API key",
+        "address type 9 is not supported",
     ] {
-        assert!(log.contains(reason), "no {reason:?} in the log:\n{log}");
+        cp.logs.wait_for_text(reason).await;
     }
-    // The password is an API key: it never reaches the log.
-    for key in [&dialer, &conn_dialer, &other, &viewer] {
+    // The password is an API key: it never reaches the log, not even when
+    // a client swaps username and password.
+    let log = cp.logs.text();
+    for key in [&dialer, &conn_dialer, &other, &viewer, &revoked, &unknown] {
         let secret = key.rsplit('.').next().unwrap();
         assert!(!log.contains(secret), "a key's secret reached the log");
     }

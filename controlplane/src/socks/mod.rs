@@ -15,13 +15,16 @@
 
 pub mod protocol;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use secrecy::ExposeSecret;
 use tether::proto::ResetCode;
 use tether_tunnel::Target;
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 use tokio_util::sync::CancellationToken;
@@ -50,31 +53,53 @@ enum Dialing {
 
 impl Dialing {
     /// `NAME` or `pool:NAME` is a pool, `connection:NAME` a connection.
+    /// Errors never repeat the username: a client that swapped username
+    /// and password would otherwise put its API key in the log.
     fn parse(user: &str) -> Result<Self, String> {
+        if user.starts_with("tether-key.") {
+            return Err("the username looks like an API key: give the pool (or connection:NAME) as the username and the key as the password".into());
+        }
         let (kind, name) = match user.split_once(':') {
             Some(("pool", name)) => ("pool", name),
             Some(("connection", name)) => ("connection", name),
-            Some((other, _)) => {
+            Some(_) => {
                 return Err(format!(
-                    "username prefix {other:?} is not known: use POOL, pool:POOL or connection:NAME"
+                    "the username ({} characters) has a prefix that is not known: use POOL, pool:POOL or connection:NAME",
+                    user.len()
                 ));
             }
             None => ("pool", user),
         };
         if kind == "pool" {
-            check_pool(name).map_err(|s| s.message().to_owned())?;
+            check_pool(name).map_err(|_| {
+                format!(
+                    "the username ({} characters) is not a pool name: 1-63 letters, digits, '.', '-' or '_'",
+                    user.len()
+                )
+            })?;
             Ok(Dialing::Pool(name.to_owned()))
         } else {
-            check_connection_name(name).map_err(|s| s.message().to_owned())?;
+            check_connection_name(name).map_err(|_| {
+                format!(
+                    "the username ({} characters) does not name a connection: connection:NAME with 1-63 letters, digits, '-' or '_'",
+                    user.len()
+                )
+            })?;
             Ok(Dialing::Connection(name.to_owned()))
         }
     }
 }
 
-/// A refusal: the reply code and the reason for the log.
+/// A refusal: the reply code and the reason for the log, and the bytes
+/// that answer the client in the phase it failed in (none when the client
+/// cannot be answered any more).
 struct Refusal {
     reply: Reply,
     why: String,
+    answer: Option<Vec<u8>>,
+    /// A client that went away mid-handshake (a port scan, a probe): not
+    /// worth a warning.
+    quiet: bool,
 }
 
 impl Refusal {
@@ -82,7 +107,29 @@ impl Refusal {
         Self {
             reply,
             why: why.into(),
+            answer: None,
+            quiet: false,
         }
+    }
+
+    fn answered(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.answer = Some(bytes.into());
+        self
+    }
+
+    fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    /// A request that failed to read: answered with its reply code unless
+    /// the connection itself failed.
+    fn of_request(e: protocol::ReadError) -> Self {
+        if matches!(e, protocol::ReadError::Io(_)) {
+            return Self::new(Reply::GeneralFailure, e.to_string()).quiet();
+        }
+        let reply = e.reply();
+        Self::new(reply, e.to_string()).answered(protocol::reply(reply, unspecified()))
     }
 }
 
@@ -127,22 +174,34 @@ pub async fn serve(state: Shared, listener: TcpListener, stop: CancellationToken
     debug!("SOCKS5 front stopped");
 }
 
-/// One client: handshake, then the splice.
+/// What a client asked for, once authenticated.
+struct Request {
+    who: Principal,
+    dialing: Dialing,
+    host: Host,
+    port: u16,
+}
+
+/// One client: the negotiation (bounded by [`HANDSHAKE_TIMEOUT`]), the
+/// channel (bounded by [`OPEN_TIMEOUT`]), then the splice.
 async fn client(state: Shared, mut tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let opened = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&state, &mut tcp, peer))
+    let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate(&state, &mut tcp, peer))
         .await
     {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(Refusal { reply, why })) => {
-            state.metrics.socks_request(reply.as_str());
-            warn!(reply = reply.as_str(), reason = %why, "SOCKS5 request refused");
-            return;
-        }
+        Ok(Ok(request)) => request,
+        Ok(Err(refusal)) => return refuse(&state, &mut tcp, refusal).await,
         Err(_) => {
             state.metrics.socks_request("handshake_timeout");
             warn!("SOCKS5 client sent no complete request within {HANDSHAKE_TIMEOUT:?}; closed");
             return;
+        }
+    };
+    let opened = match open(&state, &request).await {
+        Ok(opened) => opened,
+        Err(refusal) => {
+            let answer = protocol::reply(refusal.reply, unspecified());
+            return refuse(&state, &mut tcp, refusal.answered(answer)).await;
         }
     };
     let Opened {
@@ -151,7 +210,17 @@ async fn client(state: Shared, mut tcp: TcpStream, peer: SocketAddr) {
         agent_id,
         target,
     } = opened;
+    // Counted before the client hears of it.
     state.metrics.socks_request(Reply::Succeeded.as_str());
+    let bound = tcp.local_addr().unwrap_or_else(|_| unspecified());
+    if let Err(e) = tcp
+        .write_all(&protocol::reply(Reply::Succeeded, bound))
+        .await
+    {
+        // Dropping the channel resets it at the agent.
+        debug!(error = %e, "the SOCKS5 client went away before the channel was used");
+        return;
+    }
     let metrics = state.metrics.channel_opened(&pool, "socks");
     debug!(%agent_id, %target, channel_id = %channel.id(), "SOCKS5 channel open");
     match splice::run_tcp(&mut channel, &mut tcp, &metrics).await {
@@ -164,6 +233,35 @@ async fn client(state: Shared, mut tcp: TcpStream, peer: SocketAddr) {
     }
 }
 
+/// Counts and logs a refusal, then answers it (when its phase has an
+/// answer) and closes without losing that answer.
+async fn refuse(state: &Shared, tcp: &mut TcpStream, r: Refusal) {
+    state.metrics.socks_request(r.reply.as_str());
+    if r.quiet {
+        debug!(reply = r.reply.as_str(), reason = %r.why, "SOCKS5 client went away");
+    } else {
+        warn!(reply = r.reply.as_str(), reason = %r.why, "SOCKS5 request refused");
+    }
+    let Some(answer) = r.answer else { return };
+    if tcp.write_all(&answer).await.is_err() {
+        return;
+    }
+    // Closing with unread input would send a reset that can overtake the
+    // answer: half-close, then read what the client still sends (bounded
+    // in bytes and time) until it closes.
+    let _ = tcp.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let drain = async {
+        for _ in 0..16 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 /// A channel ready for the splice.
 struct Opened {
     channel: tether_tunnel::driver::Channel<tether_tunnel::ServerWire>,
@@ -174,60 +272,52 @@ struct Opened {
 
 /// Writes `bytes`; a client that went away is a refusal nobody hears.
 async fn send(tcp: &mut TcpStream, bytes: &[u8]) -> Result<(), Refusal> {
-    tcp.write_all(bytes)
-        .await
-        .map_err(|e| Refusal::new(Reply::GeneralFailure, format!("the client went away: {e}")))
+    tcp.write_all(bytes).await.map_err(|e| {
+        Refusal::new(Reply::GeneralFailure, format!("the client went away: {e}")).quiet()
+    })
 }
 
-/// Method selection, authentication and the request, each answered; on
-/// success the channel is open and the success reply sent.
-async fn handshake(
+/// Method selection, authentication and the request, each answered.
+async fn negotiate(
     state: &Shared,
     tcp: &mut TcpStream,
     peer: SocketAddr,
-) -> Result<Opened, Refusal> {
-    let protocol_error = |e: protocol::ReadError| Refusal::new(e.reply(), e.to_string());
-    let methods = protocol::read_greeting(tcp).await.map_err(protocol_error)?;
+) -> Result<Request, Refusal> {
+    let methods = protocol::read_greeting(tcp).await.map_err(|e| {
+        let quiet = matches!(e, protocol::ReadError::Io(_));
+        let r = Refusal::new(e.reply(), e.to_string());
+        if quiet { r.quiet() } else { r }
+    })?;
     if !methods.contains(&protocol::METHOD_PASSWORD) {
-        send(tcp, &[protocol::VERSION, protocol::NO_ACCEPTABLE_METHOD]).await?;
         return Err(Refusal::new(
             Reply::NotAllowed,
             "the client offered no username/password authentication; give the pool (or connection:NAME) as the username and an API key as the password",
-        ));
+        )
+        .answered([protocol::VERSION, protocol::NO_ACCEPTABLE_METHOD]));
     }
     send(tcp, &[protocol::VERSION, protocol::METHOD_PASSWORD]).await?;
-    let (user, key) = protocol::read_credentials(tcp)
+    let refused_login =
+        |why: String| Refusal::new(Reply::NotAllowed, why).answered(protocol::auth_reply(false));
+    let (user, key) = match protocol::read_credentials(tcp).await {
+        Ok(credentials) => credentials,
+        Err(e @ protocol::ReadError::Io(_)) => {
+            return Err(Refusal::new(Reply::GeneralFailure, e.to_string()).quiet());
+        }
+        Err(e) => return Err(refused_login(e.to_string())),
+    };
+    let (who, dialing) = authenticate(state, &user, key.expose_secret(), peer)
         .await
-        .map_err(protocol_error)?;
-    let who = match authenticate(state, &user, key.expose_secret(), peer).await {
-        Ok(pair) => pair,
-        Err(why) => {
-            send(tcp, &protocol::auth_reply(false)).await?;
-            return Err(Refusal::new(Reply::NotAllowed, why));
-        }
-    };
-    let (who, dialing) = who;
+        .map_err(refused_login)?;
     send(tcp, &protocol::auth_reply(true)).await?;
-
-    let (host, port) = match protocol::read_request(tcp).await {
-        Ok(dest) => dest,
-        Err(e) => {
-            let refusal = protocol_error(e);
-            send(tcp, &protocol::reply(refusal.reply, unspecified())).await?;
-            return Err(refusal);
-        }
-    };
-    match open(state, &who, &dialing, &host, port).await {
-        Ok(opened) => {
-            let bound = tcp.local_addr().unwrap_or_else(|_| unspecified());
-            send(tcp, &protocol::reply(Reply::Succeeded, bound)).await?;
-            Ok(opened)
-        }
-        Err(refusal) => {
-            send(tcp, &protocol::reply(refusal.reply, unspecified())).await?;
-            Err(refusal)
-        }
-    }
+    let (host, port) = protocol::read_request(tcp)
+        .await
+        .map_err(Refusal::of_request)?;
+    Ok(Request {
+        who,
+        dialing,
+        host,
+        port,
+    })
 }
 
 fn unspecified() -> SocketAddr {
@@ -253,13 +343,14 @@ async fn authenticate(
 }
 
 /// Grants, the connection's target, then the channel.
-async fn open(
-    state: &Shared,
-    who: &Principal,
-    dialing: &Dialing,
-    host: &Host,
-    port: u16,
-) -> Result<Opened, Refusal> {
+async fn open(state: &Shared, request: &Request) -> Result<Opened, Refusal> {
+    let Request {
+        who,
+        dialing,
+        host,
+        port,
+    } = request;
+    let port = *port;
     let requested = host.to_string();
     check_target(&requested, u32::from(port))
         .map_err(|s| Refusal::new(Reply::GeneralFailure, s.message()))?;
@@ -286,7 +377,7 @@ async fn open(
                         format!("no connection named {name:?}; list them with `tetherctl connections list`"),
                     )
                 })?;
-            if !c.target_host.eq_ignore_ascii_case(&requested) || c.target_port != port {
+            if !same_host(&c.target_host, host) || c.target_port != port {
                 return Err(Refusal::new(
                     Reply::NotAllowed,
                     format!(
@@ -322,6 +413,24 @@ async fn open(
     })
 }
 
+/// Whether a requested host is a connection's target: the same address
+/// however it is spelled, or the same name.
+fn same_host(configured: &str, requested: &Host) -> bool {
+    let configured_ip = configured
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .ok();
+    match (requested, configured_ip) {
+        (Host::Ip(ip), Some(c)) => *ip == c,
+        (Host::Name(n), Some(c)) => n.parse::<IpAddr>().is_ok_and(|ip| ip == c),
+        (Host::Name(n), None) => n
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(configured.trim_end_matches('.')),
+        (Host::Ip(_), None) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -340,8 +449,39 @@ mod tests {
             Ok(Dialing::Connection("orders_db".into()))
         );
         let e = Dialing::parse("host:db").unwrap_err();
-        assert!(e.contains("connection:NAME"), "{e}");
+        assert!(e.contains("connection:NAME") && !e.contains("host"), "{e}");
         let e = Dialing::parse("pool:").unwrap_err();
-        assert!(e.contains("not a valid name"), "{e}");
+        assert!(e.contains("not a pool name"), "{e}");
+    }
+
+    #[test]
+    fn a_username_is_never_repeated_in_an_error() {
+        let key = format!("tether-key.v1.{}.{}", "a".repeat(16), "b".repeat(64));
+        for user in [
+            key.clone(),
+            format!("x{key}"),
+            format!("pool:{key}"),
+            format!("connection:{key}"),
+            format!("{key}:x"),
+        ] {
+            let e = Dialing::parse(&user).unwrap_err();
+            assert!(!e.contains(&"b".repeat(64)), "{e}");
+        }
+        assert!(
+            Dialing::parse(&key)
+                .unwrap_err()
+                .contains("looks like an API key")
+        );
+    }
+
+    #[test]
+    fn a_connection_target_matches_however_its_address_is_spelled() {
+        let ip = |s: &str| Host::Ip(s.parse().unwrap());
+        assert!(same_host("127.0.0.1", &ip("127.0.0.1")));
+        assert!(same_host("[::1]", &ip("::1")));
+        assert!(same_host("::1", &Host::Name("::1".into())));
+        assert!(same_host("db.internal", &Host::Name("DB.internal.".into())));
+        assert!(!same_host("db.internal", &ip("10.0.0.1")));
+        assert!(!same_host("10.0.0.1", &Host::Name("db.internal".into())));
     }
 }
