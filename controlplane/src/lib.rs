@@ -17,6 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod events;
 pub mod gateway;
+pub mod heartbeats;
 pub mod identity;
 pub mod jobs;
 pub mod metrics;
@@ -289,6 +290,7 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
     let (events, webhook_queue) = events::Events::new(config.alert_webhook.is_some());
+    let (heartbeat_recorder, heartbeat_queue) = heartbeats::Recorder::new();
     let state: Shared = Arc::new(State {
         public_endpoint: public_endpoint(&config, grpc_addr),
         config,
@@ -299,6 +301,7 @@ pub async fn run(
         gateways: Gateways::default(),
         events,
         jobs: jobs::Jobs::default(),
+        heartbeats: heartbeat_recorder,
         replica_id: format!("r-{}", secrets::random_hex(4)),
         // Not a child of `cancel`: sessions and gateways must outlive the
         // signal until shutdown() has drained them.
@@ -315,6 +318,7 @@ pub async fn run(
         ));
     }
     tracker.spawn(watcher::run(state.clone()));
+    tracker.spawn(heartbeats::run(state.clone(), heartbeat_queue));
     tracker.spawn(jobs::dispatch::run(state.clone()));
     tracker.spawn(jobs::sweep::run(state.clone()));
     if let StoreSetting::Postgres(url) = &state.config.store {

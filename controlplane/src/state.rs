@@ -28,6 +28,8 @@ pub struct State {
     pub events: Events,
     /// Wakes the job dispatcher.
     pub jobs: crate::jobs::Jobs,
+    /// Batches agents' heartbeat records into the store.
+    pub heartbeats: crate::heartbeats::Recorder,
     /// This replica's id (random per start).
     pub replica_id: String,
     /// The address agents and clients use.

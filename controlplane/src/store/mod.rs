@@ -76,6 +76,15 @@ pub struct HelloRecord {
 }
 
 /// A named route: pool + target, maybe with a gateway listener.
+/// An agent's latest heartbeat, as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatRecord {
+    pub agent_id: String,
+    pub at_ms: i64,
+    pub rtt_us: u64,
+    pub clock_skew_ms: i64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionRecord {
     pub org_id: String,
@@ -216,14 +225,9 @@ pub trait Store: jobs::JobStore + Send + Sync + 'static {
         hello: &HelloRecord,
         now_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Records a heartbeat.
-    async fn record_heartbeat(
-        &self,
-        agent_id: &str,
-        now_ms: i64,
-        rtt_us: u64,
-        clock_skew_ms: i64,
-    ) -> Result<(), StoreError>;
+    /// Records heartbeats, many agents' in one transaction (see
+    /// `crate::heartbeats`).
+    async fn record_heartbeats(&self, beats: &[HeartbeatRecord]) -> Result<(), StoreError>;
 
     /// Stores a new connection; [`StoreError::AlreadyExists`] if the name is
     /// taken in the org.

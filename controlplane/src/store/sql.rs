@@ -19,8 +19,8 @@ use sqlx::{
 };
 
 use super::{
-    AgentRecord, ApiKeyRecord, AuditRecord, ConnectionRecord, EventRecord, HelloRecord, PoolRecord,
-    Store, StoreError, TokenRecord,
+    AgentRecord, ApiKeyRecord, AuditRecord, ConnectionRecord, EventRecord, HeartbeatRecord,
+    HelloRecord, PoolRecord, Store, StoreError, TokenRecord,
 };
 
 /// Which database is behind the pool.
@@ -417,22 +417,23 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn record_heartbeat(
-        &self,
-        agent_id: &str,
-        now_ms: i64,
-        rtt_us: u64,
-        clock_skew_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE agents SET last_heartbeat_ms = $1, rtt_us = $2, clock_skew_ms = $3 WHERE agent_id = $4",
-        )
-        .bind(now_ms)
-        .bind(i64::try_from(rtt_us).unwrap_or(i64::MAX))
-        .bind(clock_skew_ms)
-        .bind(agent_id)
-        .execute(&self.pool)
-        .await?;
+    async fn record_heartbeats(&self, beats: &[HeartbeatRecord]) -> Result<(), StoreError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for b in beats {
+            sqlx::query(
+                "UPDATE agents SET last_heartbeat_ms = $1, rtt_us = $2, clock_skew_ms = $3 WHERE agent_id = $4",
+            )
+            .bind(b.at_ms)
+            .bind(i64::try_from(b.rtt_us).unwrap_or(i64::MAX))
+            .bind(b.clock_skew_ms)
+            .bind(&b.agent_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

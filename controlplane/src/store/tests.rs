@@ -206,7 +206,7 @@ on_both!(
 );
 
 async fn hello_and_heartbeat_update_the_agent_check(s: &SqlStore) {
-    s.insert_token(&tok("t1", 1)).await.unwrap();
+    s.insert_token(&tok("t1", 2)).await.unwrap();
     s.enroll("t1", 10, &agent_rec("a1")).await.unwrap();
     let hello = HelloRecord {
         hostname: "h".into(),
@@ -215,7 +215,21 @@ async fn hello_and_heartbeat_update_the_agent_check(s: &SqlStore) {
         ..HelloRecord::default()
     };
     s.record_hello("a1", &hello, 20).await.unwrap();
-    s.record_heartbeat("a1", 30, 1500, -4).await.unwrap();
+    s.enroll("t1", 11, &agent_rec("a2")).await.unwrap();
+    let beat = |agent: &str, at_ms, rtt_us, clock_skew_ms| HeartbeatRecord {
+        agent_id: agent.into(),
+        at_ms,
+        rtt_us,
+        clock_skew_ms,
+    };
+    s.record_heartbeats(&[beat("a1", 30, 1500, -4), beat("a2", 31, 900, 2)])
+        .await
+        .unwrap();
+    let a2 = s.get_agent("a2").await.unwrap().unwrap();
+    assert_eq!(
+        (a2.last_heartbeat_ms, a2.rtt_us, a2.clock_skew_ms),
+        (31, 900, 2)
+    );
     let a = s.get_agent("a1").await.unwrap().unwrap();
     assert_eq!(a.hostname, "h");
     assert_eq!(a.capabilities, ["probe"]);

@@ -12,6 +12,7 @@ use super::MAX_JOBS_PER_AGENT;
 use crate::{
     registry::{self, LiveSession},
     state::{Shared, now_ms},
+    store::HeartbeatRecord,
 };
 
 /// What a heartbeat leaves for the store.
@@ -91,13 +92,19 @@ pub(super) async fn persist(state: &Shared, live: &LiveSession, p: Persist) {
         warn!(error = %e, "could not keep a health sample in the history");
     }
     renew_job_leases(state, live, p.held_jobs).await;
-    if let Err(e) = state
-        .store
-        .record_heartbeat(&live.agent_id, p.at_ms, p.rtt_us, p.clock_skew_ms)
-        .await
-    {
-        warn!(error = %e, "could not record a heartbeat in the store");
-    }
+    // Batched with other agents' (crate::heartbeats).
+    state
+        .heartbeats
+        .record(
+            state,
+            HeartbeatRecord {
+                agent_id: live.agent_id.clone(),
+                at_ms: p.at_ms,
+                rtt_us: p.rtt_us,
+                clock_skew_ms: p.clock_skew_ms,
+            },
+        )
+        .await;
 }
 
 /// Every heartbeat renews the leases of the jobs the agent says it holds
