@@ -20,6 +20,7 @@ mod measure;
 mod peers;
 mod procs;
 mod relay;
+mod scale;
 mod suite;
 mod targets;
 
@@ -57,6 +58,10 @@ struct Args {
     /// MiB per bulk transfer in the peers suite.
     #[arg(long, default_value_t = 1024)]
     peers_bulk_mib: u64,
+    /// Simulated agents in the largest scale run (`--only scale`; a run
+    /// of 1,000 comes first).
+    #[arg(long, default_value_t = 10_000)]
+    scale_agents: usize,
     /// Fail when a peer is missing instead of reporting it (the CI smoke
     /// run: scripts/test.sh).
     #[arg(long)]
@@ -117,7 +122,11 @@ struct Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let only_jobs = !args.only.is_empty() && args.only.iter().all(|m| m == "jobs" || m == "peers");
+    let only_jobs = !args.only.is_empty()
+        && args
+            .only
+            .iter()
+            .all(|m| m == "jobs" || m == "peers" || m == "scale");
     let mut sections = Vec::new();
     if args.only.iter().any(|m| m == "peers") {
         let section = suite::run(&suite::Plan {
@@ -139,6 +148,19 @@ async fn main() -> anyhow::Result<()> {
             about.trim_end().to_owned(),
             format!("| measure{table}"),
         ));
+    }
+    if args.only.iter().any(|m| m == "scale") {
+        let table = render(&scale::run(args.scale_agents).await?);
+        println!("\n{table}");
+        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+        let about = format!(
+            "Command: `cargo build --release && target/release/tether-bench --only scale --write-docs docs/benchmarks.md`\n\n\
+             Simulated agents in the benchmark process, each enrolled with its own key and CSR and attached over its own \
+             mTLS connection, sending a heartbeat with a health sample every 10 s (spread evenly); the control plane on \
+             its defaults (SQLite). CPU over 30 s of steady heartbeats after one interval to settle. Machine: {cpus} CPUs, \
+             loopback; the simulator shares the CPUs with the control plane."
+        );
+        sections.push(("tether-bench-scale", about, table));
     }
     if !only_jobs {
         let table = render(&tunnel(&args).await?);
