@@ -15,7 +15,7 @@ use std::{
 };
 
 use tether_tunnel::Target;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -28,25 +28,6 @@ use crate::{
 
 /// How long a gateway client waits for its channel to open.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Listen backlog of a gateway port. A connection pool opening all its
-/// connections at once must not overflow the accept queue (the kernel then
-/// answers with SYN cookies or drops, and a client may see a reset); the
-/// kernel caps it at `net.core.somaxconn`.
-const BACKLOG: u32 = 4096;
-
-/// Binds a listener with [`BACKLOG`] and address reuse, so that a restarted
-/// control plane gets its gateway port back while old sockets linger.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
 
 struct Listener {
     address: SocketAddr,
@@ -83,7 +64,7 @@ impl Gateways {
         conn: &ConnectionRecord,
         addr: SocketAddr,
     ) -> std::io::Result<SocketAddr> {
-        let listener = listen(addr)?;
+        let listener = crate::accept::listen(addr)?;
         let address = listener.local_addr()?;
         let cancel = state.cancel.child_token();
         let open = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -148,26 +129,18 @@ async fn serve(
     cancel: CancellationToken,
     open: Arc<std::sync::atomic::AtomicU32>,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = cancel.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "accepting a gateway client failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let span = info_span!("channel", client = %peer, target_host = %conn.target_host);
-        let state2 = state.clone();
-        let conn2 = conn.clone();
-        let open2 = open.clone();
-        state
-            .tracker
-            .spawn(async move { client(state2, conn2, tcp, open2).await }.instrument(span));
-    }
+    let tracker = state.tracker.clone();
+    crate::accept::accept_each(
+        listener,
+        cancel,
+        tracker,
+        "a gateway client",
+        |tcp, peer| {
+            let span = info_span!("channel", client = %peer, target_host = %conn.target_host);
+            client(state.clone(), conn.clone(), tcp, open.clone()).instrument(span)
+        },
+    )
+    .await;
     debug!("gateway stopped");
 }
 

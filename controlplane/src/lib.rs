@@ -11,6 +11,7 @@
 //! graceful shutdown: stop admitting, tell agents to go away, wait for open
 //! channels up to the drain timeout, end the sessions, stop the listeners.
 
+pub mod accept;
 pub mod audit;
 pub mod auth;
 pub mod commands;
@@ -283,7 +284,13 @@ pub async fn run(
         })?;
     let socks_listener = match config.socks_listen {
         None => None,
-        Some(addr) => Some(bind(addr, "SOCKS5", "socks-listen").await?),
+        // Bound like a gateway port: clients arrive in bursts.
+        Some(addr) => Some(accept::listen(addr).map_err(|source| StartError::Bind {
+            what: "SOCKS5",
+            flag: "socks-listen",
+            addr,
+            source,
+        })?),
     };
     let socks_addr = socks_listener.as_ref().and_then(|l| l.local_addr().ok());
     let tls_config = Arc::new(tls::server_config(&authority)?);

@@ -31,7 +31,7 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{identity::Authority, metrics::Metrics};
 
@@ -136,34 +136,24 @@ pub fn accept_loop(
 ) -> mpsc::Receiver<Result<TlsStream<BufTcp>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = TlsAcceptor::from(config);
-    let handshakes = tracker.clone();
-    tracker.spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                () = cancel.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: log, back off
-                        // briefly, keep serving.
-                        warn!(error = %e, "accepting a connection on the gRPC port failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+    tracker.spawn(crate::accept::accept_each(
+        listener,
+        cancel.clone(),
+        tracker.clone(),
+        "a connection on the gRPC port",
+        move |tcp, peer| {
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let metrics = metrics.clone();
             let cancel = cancel.clone();
-            handshakes.spawn(async move {
+            async move {
                 tokio::select! {
                     () = cancel.cancelled() => {}
                     () = handshake(acceptor, tcp, peer, tx, metrics) => {}
                 }
-            });
-        }
-    });
+            }
+        },
+    ));
     rx
 }
 

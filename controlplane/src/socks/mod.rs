@@ -154,23 +154,11 @@ pub async fn serve(state: Shared, listener: TcpListener, stop: CancellationToken
     if let Ok(a) = listener.local_addr() {
         info!(address = %a, "SOCKS5 front listening");
     }
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "accepting a SOCKS5 client failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let span = info_span!("socks", client = %peer);
-        state
-            .tracker
-            .spawn(client(state.clone(), tcp, peer).instrument(span));
-    }
+    let tracker = state.tracker.clone();
+    crate::accept::accept_each(listener, stop, tracker, "a SOCKS5 client", |tcp, peer| {
+        client(state.clone(), tcp, peer).instrument(info_span!("socks", client = %peer))
+    })
+    .await;
     debug!("SOCKS5 front stopped");
 }
 
