@@ -11,11 +11,8 @@ mod support;
 
 use std::process::Stdio;
 
-use support::{Agent, ControlPlane, Logs, WAIT};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    process::Command,
-};
+use support::{Agent, ControlPlane, WAIT};
+use tokio::{io::AsyncWriteExt, process::Command};
 
 /// Debian's libhikaricp-java, libslf4j-java and libpostgresql-jdbc-java.
 const JARS: [&str; 3] = [
@@ -79,30 +76,11 @@ async fn a_hikari_pool_recovers_when_its_agent_is_killed_and_loses_no_commit() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/java/HikariFailover.java"
     );
-    let mut java = Command::new("java")
-        .args(["-cp", &JARS.join(":"), program])
+    let mut cmd = Command::new("java");
+    cmd.args(["-cp", &JARS.join(":"), program])
         .arg(format!("jdbc:postgresql://{gw}/test"))
-        .args(["postgres", &table.0, &TOTAL.to_string(), "3000", "9000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("java runs: install default-jre-headless (scripts/install-test-deps.sh)");
-    let output = Logs::default();
-    for reader in [
-        Box::new(java.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(java.stderr.take().unwrap()),
-    ] {
-        let output = output.clone();
-        // Ends with the program's output.
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(reader).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                output.push_line(l);
-            }
-        });
-    }
+        .args(["postgres", &table.0, &TOTAL.to_string(), "3000", "9000"]);
+    let (mut java, output) = support::spawn_with_stdin(cmd, Stdio::piped());
     let mut stdin = java.stdin.take().unwrap();
 
     // Mid-run: a second agent joins, the first dies. The program holds

@@ -12,8 +12,8 @@ use std::{os::unix::fs::PermissionsExt, path::Path};
 
 use support::{Agent, ControlPlane, WAIT, ctl, eventually};
 use tether::proto::{
-    AgentFrame, CancelJobRequest, GetJobLogsRequest, GetJobRequest, Job, JobState, JobSucceeded,
-    JobUpdate, SubmitJobRequest, agent_frame, job_update, server_frame,
+    AgentFrame, CancelJobRequest, GetJobLogsRequest, GetJobRequest, Job, JobAssign, JobState,
+    JobSucceeded, JobUpdate, SubmitJobRequest, agent_frame, job_update, server_frame,
 };
 
 /// Writes an executable shell script.
@@ -383,17 +383,7 @@ async fn a_killed_agents_job_completes_elsewhere_and_a_late_result_is_refused() 
     // silent one reports. Its token is stale: refused, told to stop.
     drop(second);
     let mut raw = cp.raw_session_running("late", &["echo"]).await;
-    let j = cp
-        .admin()
-        .submit_job(submit("late", "echo", b"fresh", &[]))
-        .await
-        .unwrap()
-        .into_inner();
-    let assign = next_of(&mut raw, |k| match k {
-        server_frame::Kind::JobAssign(a) => Some(a),
-        _ => None,
-    })
-    .await;
+    let (j, assign) = submit_to_raw(&cp, &mut raw, "late", b"fresh").await;
     assert_eq!(
         (assign.job_id.as_str(), assign.lease_token),
         (j.job_id.as_str(), 1)
@@ -438,6 +428,28 @@ async fn a_killed_agents_job_completes_elsewhere_and_a_late_result_is_refused() 
     );
 }
 
+/// Submits an `echo` job to `pool` and waits for its assignment on the
+/// hand-driven session `raw`.
+async fn submit_to_raw(
+    cp: &ControlPlane,
+    raw: &mut support::RawSession,
+    pool: &str,
+    payload: &[u8],
+) -> (Job, JobAssign) {
+    let job = cp
+        .admin()
+        .submit_job(submit(pool, "echo", payload, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let assign = next_of(raw, |k| match k {
+        server_frame::Kind::JobAssign(a) => Some(a),
+        _ => None,
+    })
+    .await;
+    (job, assign)
+}
+
 /// The next frame of kind `pick` on a raw session, within `WAIT`.
 async fn next_of<T>(
     raw: &mut support::RawSession,
@@ -460,17 +472,7 @@ async fn final_updates_are_acknowledged_and_a_resent_one_is_recorded_once() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&dir.path().join("cp")).await;
     let mut raw = cp.raw_session_running("acks", &["echo"]).await;
-    let j = cp
-        .admin()
-        .submit_job(submit("acks", "echo", b"in", &[]))
-        .await
-        .unwrap()
-        .into_inner();
-    let assign = next_of(&mut raw, |k| match k {
-        server_frame::Kind::JobAssign(a) => Some(a),
-        _ => None,
-    })
-    .await;
+    let (j, assign) = submit_to_raw(&cp, &mut raw, "acks", b"in").await;
     // The agent reports its result twice, as it does when the session the
     // first report travelled on was lost before the acknowledgement came.
     for result in [&b"first"[..], b"again"] {

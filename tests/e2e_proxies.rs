@@ -17,15 +17,6 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// A free loopback port (bound, noted, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts a program and returns once a line of its output contains
 /// `ready`; its output keeps flowing into the returned logs.
 async fn start_tool(program: &str, args: &[&str], ready: &str) -> (Child, Logs) {
@@ -58,7 +49,7 @@ async fn start_tool(program: &str, args: &[&str], ready: &str) -> (Child, Logs) 
 
 /// tinyproxy on a free port, requiring basic auth alice/s3cret.
 async fn tinyproxy(dir: &Path) -> (Child, u16) {
-    let port = free_port();
+    let port = support::free_port();
     let conf = dir.join("tinyproxy.conf");
     std::fs::write(
         &conf,
@@ -80,7 +71,7 @@ async fn tinyproxy(dir: &Path) -> (Child, u16) {
 /// (certificate and key) it presents upstream, as an inspecting proxy
 /// configured for the agent would.
 async fn mitmproxy(confdir: &Path, client_cert: Option<&Path>) -> (Child, u16) {
-    let port = free_port();
+    let port = support::free_port();
     let port_s = port.to_string();
     let confdir_opt = format!("confdir={}", confdir.display());
     let mut args = vec![

@@ -30,15 +30,6 @@ async fn id(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// A free port on 127.0.0.1 for sshd (it binds it itself).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_runs_a_command_through_tetherctl_dial_as_proxy_command() {
     assert!(
@@ -57,7 +48,7 @@ async fn ssh_runs_a_command_through_tetherctl_dial_as_proxy_command() {
     if id(&["-u"]).await == "0" {
         std::fs::create_dir_all("/run/sshd").unwrap();
     }
-    let port = free_port();
+    let port = support::free_port();
     let config = d.join("sshd_config");
     std::fs::write(
         &config,

@@ -45,6 +45,16 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Raises the open-file limit to the hard limit, for tests with
 /// thousands of sockets (children inherit it).
+/// A free loopback port for a program that binds it itself (bound,
+/// noted, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
@@ -142,12 +152,23 @@ impl Logs {
 }
 
 /// Starts `cmd` with stdout captured into `Logs` (stderr too, as raw lines).
-pub fn spawn(mut cmd: Command) -> (Child, Logs) {
+pub fn spawn(cmd: Command) -> (Child, Logs) {
+    spawn_with_stdin(cmd, Stdio::null())
+}
+
+/// [`spawn`] with the given stdin (`Stdio::piped()` to write to the child
+/// through `child.stdin`).
+pub fn spawn_with_stdin(mut cmd: Command, stdin: Stdio) -> (Child, Logs) {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {:?}: {e} (scripts/install-test-deps.sh installs the test tools)",
+            cmd.as_std().get_program()
+        )
+    });
     let logs = Logs::default();
     for reader in [
         Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
@@ -244,25 +265,7 @@ impl ControlPlane {
     /// Starts a control plane with its data in `data_dir` on `listen`
     /// (port 0 for any), heartbeats every 200 ms.
     pub async fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(binary("tether-controlplane"));
-        if let Some(url) = store_url(data_dir).await {
-            cmd.env("TETHER_STORE", url);
-        }
-        cmd.arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", listen, "--ops-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json", "--heartbeat-interval", "200ms"])
-            .args(["--drain-timeout", "2s"])
-            .args(extra);
-        let (child, logs) = spawn(cmd);
-        let ready = logs.wait_for("control plane ready").await;
-        Self {
-            child,
-            data_dir: data_dir.to_owned(),
-            grpc: ready["grpc"].as_str().unwrap().parse().unwrap(),
-            ops: ready["ops"].as_str().unwrap().parse().unwrap(),
-            logs,
-        }
+        Self::launch(data_dir, listen, store_url(data_dir).await, extra).await
     }
 
     /// Another replica of `first`: a data directory of its own, the same
@@ -274,15 +277,27 @@ impl ControlPlane {
             .expect("replicas share a PostgreSQL store: run with TETHER_TEST_STORE=postgres");
         let ca = first.data_dir.join("ca.pem");
         let key = first.data_dir.join("ca.key");
+        let mut args = vec![
+            "--ca-cert-file",
+            ca.to_str().unwrap(),
+            "--ca-key-file",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Self::launch(data_dir, "127.0.0.1:0", Some(url), &args).await
+    }
+
+    /// The binary on `listen` with the test settings, `store` (a
+    /// PostgreSQL URL, or SQLite in the data directory) and `extra`;
+    /// returns once it is ready.
+    async fn launch(data_dir: &Path, listen: &str, store: Option<String>, extra: &[&str]) -> Self {
         let mut cmd = Command::new(binary("tether-controlplane"));
-        cmd.env("TETHER_STORE", url)
-            .arg("--data-dir")
+        if let Some(url) = store {
+            cmd.env("TETHER_STORE", url);
+        }
+        cmd.arg("--data-dir")
             .arg(data_dir)
-            .arg("--ca-cert-file")
-            .arg(&ca)
-            .arg("--ca-key-file")
-            .arg(&key)
-            .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--ops-listen", "127.0.0.1:0"])
             .args(["--log-format", "json", "--heartbeat-interval", "200ms"])
             .args(["--drain-timeout", "2s"])
             .args(extra);
