@@ -14,12 +14,7 @@
 //! `scripts/install-bench-peers.sh` installs them; one that is not there is
 //! reported as missing. Each end may be put behind the delay relay (`far`).
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use anyhow::{Context, bail};
 use tokio::{
@@ -340,7 +335,7 @@ pub(crate) async fn stunnel(
 /// trip).
 const NODELAY: &str = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n";
 
-fn stunnel_cmd(conf: &PathBuf) -> Command {
+fn stunnel_cmd(conf: &Path) -> Command {
     let mut cmd = Command::new("stunnel");
     cmd.arg(conf);
     cmd

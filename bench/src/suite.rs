@@ -140,26 +140,22 @@ async fn paths(
     }];
 
     // Tether: a control plane, a near agent and a far agent (behind the relay).
-    let deploy::Deployment {
-        cp,
-        agent,
-        far_agent,
-        endpoint,
-        cp_dir,
-        gateway,
-        far_gateway,
-    } = deploy::deploy(dir, target).await?;
-    let tether_pids = vec![cp.pid(), agent.pid()];
-    let credentials = Credentials::from_files(cp_dir.join("ca.pem"), cp_dir.join("admin.key"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dialer =
-        Arc::new(Dialer::connect(&endpoint, &credentials).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let tether = deploy::deploy(dir, target).await?;
+    let tether_pids = vec![tether.cp.pid(), tether.agent.pid()];
+    let credentials = Credentials::from_files(
+        tether.cp_dir.join("ca.pem"),
+        tether.cp_dir.join("admin.key"),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dialer = Arc::new(
+        Dialer::connect(&tether.endpoint, &credentials).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let sdk = dial_forwarder(dialer, "near", target).await?;
     out.push(Route {
         name: "Tether".into(),
-        entry: gateway,
+        entry: tether.gateway,
         pids: tether_pids.clone(),
-        far: Some(far_gateway),
+        far: Some(tether.far_gateway),
         peer: false,
     });
     out.push(Route {
@@ -169,7 +165,7 @@ async fn paths(
         far: None,
         peer: false,
     });
-    keep.push(Box::new((cp, agent, far_agent)));
+    keep.push(Box::new(tether));
 
     let mut missing = Vec::new();
     let direct = async |a: SocketAddr| anyhow::Ok(a);
