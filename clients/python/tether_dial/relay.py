@@ -16,7 +16,6 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-import time
 from typing import Dict, List, Optional
 
 from .client import DEFAULT_TIMEOUT_MS, DialError, Dialer, DialStream, PathOrPem
@@ -108,7 +107,9 @@ class Forward:
         #: Connections accepted so far.
         self.accepted = 0
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        # Guards errors, accepted, _active and _workers; notified when a
+        # flow ends (wait_idle).
+        self._lock = threading.Condition()
         self._active: Dict[socket.socket, Optional[DialStream]] = {}
         self._workers: List[threading.Thread] = []
         self._thread = threading.Thread(target=self._accept_loop, name="tether-dial-forward",
@@ -166,6 +167,7 @@ class Forward:
         finally:
             with self._lock:
                 self._active.pop(conn, None)
+                self._lock.notify_all()
 
     def _record(self, error: DialError) -> None:
         with self._lock:
@@ -175,13 +177,8 @@ class Forward:
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Waits until no accepted connection is still being relayed (the
         flows ended and their errors, if any, are in `errors`)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._active:
-                    return True
-            time.sleep(0.02)
-        return False
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._active, timeout)
 
     def close(self) -> None:
         """Stops listening and aborts the flows still open."""
