@@ -20,16 +20,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 
-missing=()
-for p in openssh-server openssh-client stunnel4 socat; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "apt: installing ${missing[*]}"
-  apt-get -q -o DPkg::Lock::Timeout=120 update &&
-    apt-get -q -o DPkg::Lock::Timeout=120 install -y --no-install-recommends "${missing[@]}" ||
-    echo "install-bench-peers: apt could not install ${missing[*]}; those peers will be reported missing" >&2
-fi
+# shellcheck source=scripts/apt.sh
+. "$(dirname "$0")/apt.sh"
+PEER_PKGS="openssh-server openssh-client stunnel4 socat"
+# shellcheck disable=SC2086  # the package list is meant to split
+apt_install_missing $PEER_PKGS ||
+  echo "install-bench-peers: apt could not install all of $PEER_PKGS; those missing will be reported missing" >&2
 
 # `rathole --version` prints its name, then "Build Version: X" on a line of its own.
 rathole_version() { "$PREFIX/bin/rathole" --version 2>/dev/null | awk '/Build Version/ {print $3}'; }

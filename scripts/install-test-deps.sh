@@ -48,27 +48,10 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# Another process may hold the apt lock: wait for it, never kill it.
-apt_get() {
-  local i
-  for i in $(seq 1 20); do
-    apt-get -q -o DPkg::Lock::Timeout=120 "$@" && return 0
-    echo "apt-get $1 failed (lock held?), retry $i/20 in 15s" >&2; sleep 15
-  done
-  return 1
-}
-
-missing=()
-for p in $APT_PKGS; do
-  # nodejs/npm may come from elsewhere (e.g. NodeSource); a working command is enough.
-  case $p in nodejs|npm) command -v "${p/nodejs/node}" >/dev/null && continue ;; esac
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "apt: installing ${missing[*]}"
-  apt_get update
-  apt_get install -y --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/apt.sh
+. "$(dirname "$0")/apt.sh"
+# shellcheck disable=SC2086  # the package list is meant to split
+apt_install_missing $APT_PKGS
 
 # PyPI tools in a venv on Debian's own python (PEP 668 forbids system pip).
 VENV=$PREFIX/venv
