@@ -4,7 +4,7 @@
 //! control plane can tell: enrolled with a join token and its own key and
 //! CSR, attached over its own mTLS connection (HTTP/2, TLS 1.3), sending a
 //! Hello and then a heartbeat with a health sample every interval, and
-//! timing each HeartbeatAck. Reports, per N: enrollments per second, the
+//! timing each HeartbeatAck; it answers the session's pings. Reports, per N: enrollments per second, the
 //! time to attach all, the control plane's CPU over a window of steady
 //! heartbeats (percent of one core), its resident memory per agent, and the
 //! heartbeat round trip p50/p99.
@@ -24,8 +24,9 @@ use tether::{
     client::{self, ControlPlaneAddr},
     join::JoinToken,
     proto::{
-        AgentFrame, EnrollRequest, HealthSample, Heartbeat, Hello, ProtocolVersion, agent_frame,
-        enrollment_client::EnrollmentClient, server_frame, tunnel_client::TunnelClient,
+        AgentFrame, EnrollRequest, HealthSample, Heartbeat, Hello, Ping, Pong, ProtocolVersion,
+        ServerFrame, agent_frame, enrollment_client::EnrollmentClient, server_frame,
+        tunnel_client::TunnelClient,
     },
     tls::{self, Trust},
 };
@@ -156,6 +157,11 @@ async fn agent(
             }
             frame = inbound.message() => match frame? {
                 None => bail!("agent {}: the control plane ended the session", e.agent_id),
+                // Answered at once, as a real agent's session does.
+                Some(ServerFrame { kind: Some(server_frame::Kind::Ping(Ping { nonce })) }) => {
+                    tx.send(AgentFrame { kind: Some(agent_frame::Kind::Pong(Pong { nonce })) })
+                        .await?;
+                }
                 Some(f) => if let Some(server_frame::Kind::HeartbeatAck(a)) = f.kind
                     && a.sequence == sequence
                 {

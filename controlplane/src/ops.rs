@@ -127,7 +127,7 @@ async fn pool_snapshots(state: &Shared) -> Vec<PoolSnapshot> {
                 );
             }
             if !h.problem_code.is_empty() {
-                *p.problems.entry(h.problem_code).or_default() += 1;
+                *p.problems.entry(h.problem_code.clone()).or_default() += 1;
             }
         }
         pools.insert((s.org_id.clone(), s.pool.clone()), p);

@@ -46,8 +46,8 @@ pub struct Heartbeat {
     pub rtt_us: u64,
     /// Agent clock minus server clock, milliseconds.
     pub clock_skew_ms: i64,
-    /// The agent's health sample.
-    pub sample: Option<HealthSample>,
+    /// The agent's health sample (shared: scans and routing read it often).
+    pub sample: Option<Arc<HealthSample>>,
 }
 
 /// One attached agent session.
@@ -211,7 +211,12 @@ impl LiveSession {
 
     /// No heartbeat for three intervals.
     pub fn is_stale(&self, interval: Duration) -> bool {
-        self.heartbeat().at.elapsed() > interval * 3
+        self.heartbeat
+            .lock()
+            .expect("heartbeat lock poisoned: a task panicked while holding it")
+            .at
+            .elapsed()
+            > interval * 3
     }
 }
 
@@ -255,6 +260,12 @@ impl Registry {
     /// The agent's live session.
     pub fn get(&self, agent_id: &str) -> Option<Arc<LiveSession>> {
         self.read().get(agent_id).cloned()
+    }
+
+    /// The live sessions that `keep` accepts, chosen under the lock so
+    /// that scans of many sessions clone only what they use.
+    pub fn matching(&self, keep: impl Fn(&LiveSession) -> bool) -> Vec<Arc<LiveSession>> {
+        self.read().values().filter(|s| keep(s)).cloned().collect()
     }
 
     /// Every live session.

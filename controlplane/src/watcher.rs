@@ -5,7 +5,7 @@
 //! certificate expiring, workspace problems. (Drain and undrain are told
 //! where they happen, in the Admin calls.)
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
@@ -35,6 +35,11 @@ struct Tracked {
     skew_alerted: bool,
     cert_alerted_for: i64,
     gone_since: Option<Instant>,
+    /// The heartbeat (Unix ms) whose sample was last checked: a sample
+    /// changes only with a heartbeat, so scans in between skip it.
+    checked_ms: i64,
+    /// The last scan that found the agent's session live.
+    scan: u64,
 }
 
 fn seen_of(s: &LiveSession, interval: Duration) -> Seen {
@@ -53,13 +58,15 @@ pub async fn run(state: Shared) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut tracked: HashMap<String, Tracked> = HashMap::new();
+    let mut scans: u64 = 0;
     let mut next_prune = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = state.cancel.cancelled() => return,
         }
-        scan(&state, &mut tracked, interval, grace).await;
+        scans += 1;
+        scan(&state, &mut tracked, scans, interval, grace).await;
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_EVERY;
             let before = now_ms().saturating_sub(
@@ -77,17 +84,13 @@ pub async fn run(state: Shared) {
 async fn scan(
     state: &Shared,
     tracked: &mut HashMap<String, Tracked>,
+    scan: u64,
     interval: Duration,
     grace: Duration,
 ) {
-    let live: HashMap<String, Arc<LiveSession>> = state
-        .registry
-        .all()
-        .into_iter()
-        .filter(|s| !s.connection.is_closed())
-        .map(|s| (s.agent_id.clone(), s))
-        .collect();
-    for (id, s) in &live {
+    let live = state.registry.matching(|s| !s.connection.is_closed());
+    for s in &live {
+        let id = &s.agent_id;
         let seen = seen_of(s, interval);
         let t = match tracked.get_mut(id) {
             Some(t) => t,
@@ -113,9 +116,12 @@ async fn scan(
                     skew_alerted: false,
                     cert_alerted_for: 0,
                     gone_since: None,
+                    checked_ms: 0,
+                    scan,
                 })
             }
         };
+        t.scan = scan;
         t.gone_since = None;
         if t.session_id != s.session_id {
             // Reattached within the grace period: a new session, the same
@@ -127,9 +133,9 @@ async fn scan(
         check_sample(state, t, s).await;
     }
     let gone: Vec<String> = tracked
-        .keys()
-        .filter(|id| !live.contains_key(*id))
-        .cloned()
+        .iter()
+        .filter(|(_, t)| t.scan != scan)
+        .map(|(id, _)| id.clone())
         .collect();
     for id in gone {
         let Some(t) = tracked.get_mut(&id) else {
@@ -187,6 +193,10 @@ async fn transition(state: &Shared, t: &mut Tracked, seen: Seen, interval: Durat
 
 async fn check_sample(state: &Shared, t: &mut Tracked, s: &LiveSession) {
     let hb = s.heartbeat();
+    if hb.at_ms == t.checked_ms {
+        return;
+    }
+    t.checked_ms = hb.at_ms;
     let limit = i64::try_from(state.config.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
     if hb.clock_skew_ms.abs() > limit && !t.skew_alerted {
         t.skew_alerted = true;

@@ -38,8 +38,9 @@ pub struct Config {
     pub max_send_queue: u32,
     /// How long a channel open may wait for the peer's answer (default 30 s).
     pub open_timeout: Duration,
-    /// How often the session measures its round trip with a ping (default
-    /// 5 s; zero turns pings off, and with them window auto-tuning).
+    /// How often the session measures its round trip with a ping while
+    /// channels are open (default 5 s; zero turns pings off, and with them
+    /// window auto-tuning). An idle session pings once, when it starts.
     pub ping_interval: Duration,
     /// Most upper-layer control frames (heartbeats, commands, job updates)
     /// waiting to be sent (default 1024).

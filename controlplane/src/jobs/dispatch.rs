@@ -66,10 +66,7 @@ type Shape = (String, String, Vec<String>, Vec<String>);
 pub async fn round(state: &Shared) {
     let sessions: Vec<Arc<LiveSession>> = state
         .registry
-        .all()
-        .into_iter()
-        .filter(|s| s.takes_jobs(state.config.heartbeat_interval))
-        .collect();
+        .matching(|s| s.takes_jobs(state.config.heartbeat_interval));
     // Shapes whose queue ran dry in this round.
     let mut empty: HashSet<Shape> = HashSet::new();
     // Bounded: every pass claims at least one job or ends the round, and a

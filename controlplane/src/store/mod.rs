@@ -5,6 +5,7 @@
 
 pub mod jobs;
 mod sql;
+mod sql_heartbeats;
 mod sql_jobs;
 #[cfg(test)]
 mod tests;
@@ -76,13 +77,15 @@ pub struct HelloRecord {
 }
 
 /// A named route: pool + target, maybe with a gateway listener.
-/// An agent's latest heartbeat, as the store keeps it.
+/// An agent's heartbeat, as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeartbeatRecord {
     pub agent_id: String,
     pub at_ms: i64,
     pub rtt_us: u64,
     pub clock_skew_ms: i64,
+    /// A health sample (encoded) for the agent's history, when one is due.
+    pub history_sample: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,8 +229,14 @@ pub trait Store: jobs::JobStore + Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(), StoreError>;
     /// Records heartbeats, many agents' in one transaction (see
-    /// `crate::heartbeats`).
-    async fn record_heartbeats(&self, beats: &[HeartbeatRecord]) -> Result<(), StoreError>;
+    /// `crate::heartbeats`): each agent's latest (an older record never
+    /// replaces a newer one), and each health sample, keeping the newest
+    /// `keep_samples` per agent.
+    async fn record_heartbeats(
+        &self,
+        beats: &[HeartbeatRecord],
+        keep_samples: u32,
+    ) -> Result<(), StoreError>;
 
     /// Stores a new connection; [`StoreError::AlreadyExists`] if the name is
     /// taken in the org.
@@ -295,15 +304,6 @@ pub trait Store: jobs::JobStore + Send + Sync + 'static {
     /// Creates or replaces a pool's pins.
     async fn upsert_pool(&self, pool: &PoolRecord) -> Result<(), StoreError>;
 
-    /// Appends a health sample (encoded) and keeps only the newest `keep`
-    /// of the agent.
-    async fn insert_health_sample(
-        &self,
-        agent_id: &str,
-        time_ms: i64,
-        sample: &[u8],
-        keep: u32,
-    ) -> Result<(), StoreError>;
     /// The agent's newest `limit` samples, oldest first.
     async fn list_health_samples(
         &self,

@@ -417,24 +417,12 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn record_heartbeats(&self, beats: &[HeartbeatRecord]) -> Result<(), StoreError> {
-        if beats.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.begin_write().await?;
-        for b in beats {
-            sqlx::query(
-                "UPDATE agents SET last_heartbeat_ms = $1, rtt_us = $2, clock_skew_ms = $3 WHERE agent_id = $4",
-            )
-            .bind(b.at_ms)
-            .bind(i64::try_from(b.rtt_us).unwrap_or(i64::MAX))
-            .bind(b.clock_skew_ms)
-            .bind(&b.agent_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+    async fn record_heartbeats(
+        &self,
+        beats: &[HeartbeatRecord],
+        keep_samples: u32,
+    ) -> Result<(), StoreError> {
+        self.write_heartbeats(beats, keep_samples).await
     }
 
     async fn insert_connection(&self, c: &ConnectionRecord) -> Result<(), StoreError> {
@@ -696,33 +684,6 @@ impl Store for SqlStore {
         .bind(p.updated_ms)
         .execute(&self.pool)
         .await?;
-        Ok(())
-    }
-
-    async fn insert_health_sample(
-        &self,
-        agent_id: &str,
-        time_ms: i64,
-        sample: &[u8],
-        keep: u32,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO health_samples (agent_id, time_ms, sample) VALUES ($1, $2, $3)")
-            .bind(agent_id)
-            .bind(time_ms)
-            .bind(sample)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "DELETE FROM health_samples WHERE agent_id = $1 AND id NOT IN \
-             (SELECT id FROM health_samples WHERE agent_id = $2 ORDER BY time_ms DESC, id DESC LIMIT $3)",
-        )
-        .bind(agent_id)
-        .bind(agent_id)
-        .bind(i64::from(keep))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(())
     }
 

@@ -221,10 +221,19 @@ async fn hello_and_heartbeat_update_the_agent_check(s: &SqlStore) {
         at_ms,
         rtt_us,
         clock_skew_ms,
+        history_sample: None,
     };
-    s.record_heartbeats(&[beat("a1", 30, 1500, -4), beat("a2", 31, 900, 2)])
-        .await
-        .unwrap();
+    // a1's older record, arriving after its newer one, changes nothing.
+    s.record_heartbeats(
+        &[
+            beat("a1", 30, 1500, -4),
+            beat("a2", 31, 900, 2),
+            beat("a1", 29, 7, 7),
+        ],
+        3,
+    )
+    .await
+    .unwrap();
     let a2 = s.get_agent("a2").await.unwrap().unwrap();
     assert_eq!(
         (a2.last_heartbeat_ms, a2.rtt_us, a2.clock_skew_ms),
@@ -249,12 +258,27 @@ on_both!(
 );
 
 async fn health_history_keeps_only_the_newest_check(s: &SqlStore) {
-    for t in 1..=10 {
-        s.insert_health_sample("a1", t, &[u8::try_from(t).unwrap()], 3)
+    let beat = |agent: &str, at_ms, sample: Option<Vec<u8>>| HeartbeatRecord {
+        agent_id: agent.into(),
+        at_ms,
+        rtt_us: 0,
+        clock_skew_ms: 0,
+        history_sample: sample,
+    };
+    // One batch, and one record each, both keep only the newest three.
+    let batch: Vec<HeartbeatRecord> = (1..=6)
+        .map(|t| beat("a1", t, Some(vec![u8::try_from(t).unwrap()])))
+        .collect();
+    s.record_heartbeats(&batch, 3).await.unwrap();
+    for t in 7..=10 {
+        let sample = (t != 7).then(|| vec![u8::try_from(t).unwrap()]);
+        s.record_heartbeats(&[beat("a1", t, sample)], 3)
             .await
             .unwrap();
     }
-    s.insert_health_sample("a2", 5, &[99], 3).await.unwrap();
+    s.record_heartbeats(&[beat("a2", 5, Some(vec![99]))], 3)
+        .await
+        .unwrap();
     let kept = s.list_health_samples("a1", 100).await.unwrap();
     assert_eq!(kept, vec![(8, vec![8]), (9, vec![9]), (10, vec![10])]);
     assert_eq!(s.list_health_samples("a2", 100).await.unwrap().len(), 1);

@@ -457,13 +457,23 @@ impl<C> Session<C> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let open = self.deadlines.first().map(|&(at, _)| at);
         let ping = match self.rtt.outstanding {
-            _ if self.config.ping_interval.is_zero() || self.closed => None,
+            _ if !self.pings_wanted() || self.closed => None,
             // When to give up on the pong and ping again.
             Some((_, sent)) => Some(sent + 2 * self.config.ping_interval),
             // When the next ping is due (poll_transmit sends it).
             None => self.rtt.next_ping,
         };
         [open, ping].into_iter().flatten().min()
+    }
+
+    /// Whether the session measures its round trip now: once when it
+    /// starts, then only while channels are open. The round trip serves
+    /// window auto-tuning, which idle sessions do not need; heartbeats and
+    /// HTTP/2 keepalive watch an idle session's health, so thousands of
+    /// idle agents cost no ping traffic (or wake-ups) at all.
+    fn pings_wanted(&self) -> bool {
+        !self.config.ping_interval.is_zero()
+            && (self.rtt.next_nonce == 0 || !self.channels.is_empty())
     }
 
     /// The next event, if any.

@@ -72,7 +72,7 @@ impl<C> Session<C> {
     /// Whether a ping should go out now: none in flight and its time came
     /// (the first one goes at the first chance).
     pub(super) fn ping_due(&self, now: Instant) -> bool {
-        !self.config.ping_interval.is_zero()
+        self.pings_wanted()
             && self.rtt.outstanding.is_none()
             && self.rtt.next_ping.is_none_or(|at| at <= now)
     }

@@ -679,9 +679,34 @@ fn ping_measures_the_round_trip() {
     p.now += Duration::from_millis(50);
     p.cp.handle_frame(p.now, Frame::Pong { nonce }).unwrap();
     assert_eq!(p.cp.rtt(), Some(Duration::from_millis(50)));
+    let measured = p.now;
     // The next ping waits for the interval.
+    p.open_channel("db");
     assert!(!p.cp.wants_transmit(p.now));
-    assert_eq!(p.cp.poll_timeout(), Some(p.now + Duration::from_secs(5)));
+    assert_eq!(p.cp.poll_timeout(), Some(measured + Duration::from_secs(5)));
+}
+
+#[test]
+fn an_idle_session_pings_once_then_again_when_a_channel_opens() {
+    let mut p = Pair::with_rtt(Config::default(), Duration::from_millis(10));
+    // No channel: no ping, and no timer for one, however long it stays idle.
+    assert_eq!(p.cp.poll_timeout(), None);
+    p.now += Duration::from_secs(60);
+    assert!(!p.cp.wants_transmit(p.now));
+    assert!(!p.agent.wants_transmit(p.now));
+    // A channel opens: the overdue ping goes out with it.
+    let id = p.cp.open(p.now, Target::new("db", 5432)).unwrap();
+    let sent: Vec<_> = std::iter::from_fn(|| p.cp.poll_transmit(p.now)).collect();
+    assert!(
+        sent.iter()
+            .any(|t| matches!(t, Transmit::Frame(Frame::Ping { .. }))),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|t| matches!(t, Transmit::Frame(Frame::Open { id: i, .. }) if *i == id)),
+        "{sent:?}"
+    );
 }
 
 /// Runs a bulk transfer agent → control plane in which the reader keeps up

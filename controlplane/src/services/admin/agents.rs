@@ -96,7 +96,7 @@ pub(super) fn view(state: &Shared, rec: AgentRecord, pins: Option<&PoolRecord>) 
             a.rtt_us = hb.rtt_us;
             a.clock_skew_ms = hb.clock_skew_ms;
         }
-        a.health = hb.sample;
+        a.health = hb.sample.map(Arc::unwrap_or_clone);
     }
     a
 }

@@ -1,7 +1,9 @@
 //! Heartbeats: answered at once on the session task (the agent measures
 //! round trips and judges the session by the answers); what they change in
 //! the store — the agent's last heartbeat, its health history, its job
-//! leases — is recorded by the session's worker.
+//! leases — goes to the batched writer (`crate::heartbeats`), through the
+//! session's worker when the agent runs jobs (leases are renewed in order
+//! with its job updates).
 
 use std::time::Duration;
 
@@ -18,11 +20,7 @@ use crate::{
 /// What a heartbeat leaves for the store.
 #[derive(Debug)]
 pub(super) struct Persist {
-    at_ms: i64,
-    rtt_us: u64,
-    clock_skew_ms: i64,
-    /// The health sample, encoded, when the history is due one.
-    history_sample: Option<Vec<u8>>,
+    record: HeartbeatRecord,
     held_jobs: Vec<HeldJob>,
 }
 
@@ -63,48 +61,47 @@ pub(super) fn answer(state: &Shared, live: &LiveSession, hb: Heartbeat) -> Persi
         at_ms: now,
         rtt_us,
         clock_skew_ms,
-        sample: hb.sample,
+        sample: hb.sample.map(std::sync::Arc::new),
     });
     let rtt = (rtt_us > 0).then(|| Duration::from_micros(rtt_us).as_secs_f64());
     state.metrics.heartbeat(rtt);
     Persist {
-        at_ms: now,
-        rtt_us,
-        clock_skew_ms,
-        history_sample,
+        record: HeartbeatRecord {
+            agent_id: live.agent_id.clone(),
+            at_ms: now,
+            rtt_us,
+            clock_skew_ms,
+            history_sample,
+        },
         held_jobs: hb.held_jobs,
     }
 }
 
+/// Hands the heartbeat's record to the batched writer from the session
+/// task, when nothing else of it needs the store: the agent runs no jobs,
+/// so no leases to renew in order with its job updates. Saves a wake-up
+/// of the session's worker per heartbeat. Gives the heartbeat back when it
+/// must go through the worker.
+pub(super) fn record_without_worker(
+    state: &Shared,
+    live: &LiveSession,
+    p: Persist,
+) -> Result<(), Persist> {
+    if !live.hello.capabilities.is_empty() {
+        return Err(p);
+    }
+    let held_jobs = p.held_jobs;
+    state.heartbeats.try_record(p.record).map_err(|r| Persist {
+        record: r,
+        held_jobs,
+    })
+}
+
 /// Records a heartbeat in the store (on the session's worker).
 pub(super) async fn persist(state: &Shared, live: &LiveSession, p: Persist) {
-    if let Some(bytes) = &p.history_sample
-        && let Err(e) = state
-            .store
-            .insert_health_sample(
-                &live.agent_id,
-                p.at_ms,
-                bytes,
-                state.config.health_history_samples,
-            )
-            .await
-    {
-        warn!(error = %e, "could not keep a health sample in the history");
-    }
     renew_job_leases(state, live, p.held_jobs).await;
     // Batched with other agents' (crate::heartbeats).
-    state
-        .heartbeats
-        .record(
-            state,
-            HeartbeatRecord {
-                agent_id: live.agent_id.clone(),
-                at_ms: p.at_ms,
-                rtt_us: p.rtt_us,
-                clock_skew_ms: p.clock_skew_ms,
-            },
-        )
-        .await;
+    state.heartbeats.record(state, p.record).await;
 }
 
 /// Every heartbeat renews the leases of the jobs the agent says it holds

@@ -287,7 +287,10 @@ async fn handle_control(
     let queued = match frame {
         agent_frame::Kind::Heartbeat(hb) => {
             let persist = heartbeat::answer(state, live, hb);
-            work.send(worker::Work::Heartbeat(persist)).await
+            match heartbeat::record_without_worker(state, live, persist) {
+                Ok(()) => Ok(()),
+                Err(persist) => work.send(worker::Work::Heartbeat(persist)).await,
+            }
         }
         agent_frame::Kind::JobUpdate(u) => work.send(worker::Work::JobUpdate(u)).await,
         other => {

@@ -1,5 +1,5 @@
-//! A session's store worker: heartbeat records, lease renewals and job
-//! updates, in the order the agent sent them, off the session task. A busy
+//! A session's store worker: job updates and the heartbeats that renew job
+//! leases, in the order the agent sent them, off the session task. A busy
 //! store (SQLite's single writer under a burst of submissions) then delays
 //! bookkeeping, never the heartbeat answers the agent judges the session
 //! by. The worker ends when the session has ended and everything it queued
