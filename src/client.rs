@@ -7,10 +7,10 @@ use std::{fmt, io, sync::Arc, time::Duration};
 use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, pki_types::ServerName};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::{io::BufReader, net::TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::proxy::Proxy;
+use crate::{proxy::Proxy, read_buffer::ReadBuffer};
 use tonic::{
     metadata::MetadataValue,
     service::Interceptor,
@@ -148,10 +148,6 @@ pub fn channel_with(
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
-/// Read buffer under TLS: rustls reads at most 4 KiB per call, and
-/// without a buffer each of those is a system call.
-const READ_BUFFER: usize = 64 * 1024;
-
 /// TCP connect (through the proxy if one applies) with no delay, then the
 /// TLS handshake.
 pub async fn connect_tls(
@@ -159,7 +155,7 @@ pub async fn connect_tls(
     port: u16,
     tls: &TlsConnector,
     proxy: &Proxy,
-) -> io::Result<tokio_rustls::client::TlsStream<BufReader<TcpStream>>> {
+) -> io::Result<tokio_rustls::client::TlsStream<ReadBuffer<TcpStream>>> {
     let server_name = ServerName::try_from(host.to_owned()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -168,8 +164,7 @@ pub async fn connect_tls(
     })?;
     let tcp = proxy.connect(host, port).await?;
     tcp.set_nodelay(true)?;
-    tls.connect(server_name, BufReader::with_capacity(READ_BUFFER, tcp))
-        .await
+    tls.connect(server_name, ReadBuffer::new(tcp)).await
 }
 
 /// Adds `authorization: Bearer <API key>` to every call.

@@ -26,6 +26,7 @@ pub mod dial;
 pub mod join;
 pub mod logging;
 pub mod proxy;
+pub mod read_buffer;
 mod redact;
 pub mod tls;
 

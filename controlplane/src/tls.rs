@@ -23,8 +23,9 @@ use std::{
     task::{Context, Poll},
 };
 
+use tether::read_buffer::ReadBuffer;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::mpsc,
 };
@@ -39,18 +40,15 @@ use crate::{identity::Authority, metrics::Metrics};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Established connections waiting for the gRPC server to take them.
 const ACCEPTED_QUEUE: usize = 128;
-/// Read buffer under TLS (see [`BufTcp`]).
-const READ_BUFFER: usize = 64 * 1024;
-
-/// A TCP stream with a read buffer, under TLS. rustls reads at most 4 KiB
-/// per call; without the buffer every 4 KiB of a bulk transfer costs a
-/// system call. Reports the TCP addresses, so that tonic still exposes the
-/// peer address and the client certificate to handlers.
-pub struct BufTcp(BufReader<TcpStream>);
+/// A TCP stream with a read buffer that holds memory only while data
+/// flows ([`ReadBuffer`]), under TLS. Reports the TCP addresses, so that
+/// tonic still exposes the peer address and the client certificate to
+/// handlers.
+pub struct BufTcp(ReadBuffer<TcpStream>);
 
 impl BufTcp {
     fn new(tcp: TcpStream) -> Self {
-        Self(BufReader::with_capacity(READ_BUFFER, tcp))
+        Self(ReadBuffer::new(tcp))
     }
 }
 
