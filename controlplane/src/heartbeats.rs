@@ -10,10 +10,12 @@
 //! [`FLUSH_EVERY`] in a single transaction: the store sees one write a
 //! fraction of a second after a heartbeat, whatever the number of agents.
 //!
-//! Nothing is dropped: a full queue is reported to the caller, which
-//! writes through its session's worker instead, and at shutdown the writer
-//! stores what is left. The store never moves an agent's heartbeat back,
-//! so records may arrive in any order.
+//! Records reach the store in the order they were queued (within a batch
+//! the newest per agent wins), so an agent's last heartbeat never moves
+//! back. Nothing is dropped silently: a full queue makes the caller wait
+//! in its session's worker, a failed batch is tried once more with the
+//! next one (then dropped with a warning), and at shutdown the writer
+//! stores what is left.
 
 use std::time::Duration;
 
@@ -24,10 +26,12 @@ use crate::{state::Shared, store::HeartbeatRecord};
 
 /// Records queued at most (10,000 agents' worth of a few intervals).
 const QUEUE: usize = 32_768;
-/// Records per transaction at most.
+/// Records per transaction at most (plus those of a failed batch).
 const BATCH: usize = 2_048;
-/// How long the writer collects records before one transaction. Bounds
-/// how stale the store's view of a live agent is, on top of the interval.
+/// How long the writer collects records before one transaction, at most
+/// (and at most a quarter of the heartbeat interval, so that the store's
+/// view of a live agent stays well within the three intervals after which
+/// other replicas and the metrics count it offline).
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 /// Where sessions hand their heartbeat records.
@@ -54,11 +58,11 @@ impl Recorder {
         }
     }
 
-    /// Queues a record; if the queue is full or the writer has stopped,
-    /// writes it at once.
+    /// Queues a record, waiting while the queue is full; once the writer
+    /// has stopped (shutdown), writes it at once.
     pub async fn record(&self, state: &Shared, r: HeartbeatRecord) {
-        if let Err(r) = self.try_record(r) {
-            write(state, &mut vec![r]).await;
+        if let Err(mpsc::error::SendError(r)) = self.tx.send(r).await {
+            write(state, vec![r], &mut Vec::new()).await;
         }
     }
 }
@@ -66,7 +70,10 @@ impl Recorder {
 /// The writer: stores queued records in batches until shutdown, then what
 /// is left.
 pub async fn run(state: Shared, mut rx: mpsc::Receiver<HeartbeatRecord>) {
+    let flush_every = FLUSH_EVERY.min(state.config.heartbeat_interval / 4);
     let mut batch = Vec::with_capacity(BATCH);
+    // Records of a batch whose write failed, tried once more.
+    let mut again = Vec::new();
     loop {
         let n = tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => n,
@@ -75,10 +82,10 @@ pub async fn run(state: Shared, mut rx: mpsc::Receiver<HeartbeatRecord>) {
         if n == 0 {
             break;
         }
-        // Let the batch fill: one transaction per FLUSH_EVERY, not one per
+        // Let the batch fill: one transaction per flush, not one per
         // heartbeat. Shutdown cuts the wait short.
         tokio::select! {
-            () = tokio::time::sleep(FLUSH_EVERY) => {}
+            () = tokio::time::sleep(flush_every) => {}
             () = state.cancel.cancelled() => {}
         }
         // Bounded: at most QUEUE records are waiting, BATCH per pass.
@@ -89,7 +96,7 @@ pub async fn run(state: Shared, mut rx: mpsc::Receiver<HeartbeatRecord>) {
                 batch.push(r);
             }
             let full = batch.len() == BATCH;
-            write(&state, &mut batch).await;
+            write(&state, std::mem::take(&mut batch), &mut again).await;
             if !full {
                 break;
             }
@@ -98,18 +105,31 @@ pub async fn run(state: Shared, mut rx: mpsc::Receiver<HeartbeatRecord>) {
     rx.close();
     // Bounded: the queue is closed, so this ends.
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        write(&state, &mut batch).await;
+        write(&state, std::mem::take(&mut batch), &mut again).await;
+    }
+    if !again.is_empty() {
+        write(&state, Vec::new(), &mut again).await;
     }
 }
 
-/// Writes `batch` in one transaction and empties it.
-async fn write(state: &Shared, batch: &mut Vec<HeartbeatRecord>) {
+/// Writes `again` (a failed batch's records, older) and `batch` in one
+/// transaction. If it fails, `batch` is kept in `again` for one more try
+/// and what was already tried twice is dropped.
+async fn write(state: &Shared, batch: Vec<HeartbeatRecord>, again: &mut Vec<HeartbeatRecord>) {
+    let tried = again.len();
+    let mut records = std::mem::take(again);
+    records.extend(batch);
     if let Err(e) = state
         .store
-        .record_heartbeats(batch, state.config.health_history_samples)
+        .record_heartbeats(&records, state.config.health_history_samples)
         .await
     {
-        warn!(error = %e, count = batch.len(), "could not record heartbeats in the store");
+        warn!(
+            error = %e,
+            dropped = tried,
+            kept = records.len() - tried,
+            "could not record heartbeats in the store; the newest are tried again with the next batch"
+        );
+        *again = records.split_off(tried);
     }
-    batch.clear();
 }

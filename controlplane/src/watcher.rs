@@ -35,9 +35,6 @@ struct Tracked {
     skew_alerted: bool,
     cert_alerted_for: i64,
     gone_since: Option<Instant>,
-    /// The heartbeat (Unix ms) whose sample was last checked: a sample
-    /// changes only with a heartbeat, so scans in between skip it.
-    checked_ms: i64,
     /// The last scan that found the agent's session live.
     scan: u64,
 }
@@ -116,7 +113,6 @@ async fn scan(
                     skew_alerted: false,
                     cert_alerted_for: 0,
                     gone_since: None,
-                    checked_ms: 0,
                     scan,
                 })
             }
@@ -193,10 +189,6 @@ async fn transition(state: &Shared, t: &mut Tracked, seen: Seen, interval: Durat
 
 async fn check_sample(state: &Shared, t: &mut Tracked, s: &LiveSession) {
     let hb = s.heartbeat();
-    if hb.at_ms == t.checked_ms {
-        return;
-    }
-    t.checked_ms = hb.at_ms;
     let limit = i64::try_from(state.config.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
     if hb.clock_skew_ms.abs() > limit && !t.skew_alerted {
         t.skew_alerted = true;

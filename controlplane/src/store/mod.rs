@@ -229,9 +229,8 @@ pub trait Store: jobs::JobStore + Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(), StoreError>;
     /// Records heartbeats, many agents' in one transaction (see
-    /// `crate::heartbeats`): each agent's latest (an older record never
-    /// replaces a newer one), and each health sample, keeping the newest
-    /// `keep_samples` per agent.
+    /// `crate::heartbeats`): each agent's newest of the batch, and each
+    /// health sample, keeping the newest `keep_samples` per agent.
     async fn record_heartbeats(
         &self,
         beats: &[HeartbeatRecord],

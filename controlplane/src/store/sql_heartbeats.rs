@@ -54,7 +54,7 @@ impl SqlStore {
             return Ok(());
         }
         // One row per agent in an UPDATE … FROM (which row of several would
-        // win is undefined); the newest, and the store never moves back.
+        // win is undefined): the newest of the batch.
         let mut latest: HashMap<&str, &HeartbeatRecord> = HashMap::with_capacity(beats.len());
         for b in beats {
             if latest
@@ -75,7 +75,7 @@ impl SqlStore {
             let sql = format!(
                 "UPDATE agents SET last_heartbeat_ms = v.column2, rtt_us = v.column3, \
                  clock_skew_ms = v.column4 FROM (VALUES {}) AS v \
-                 WHERE agents.agent_id = v.column1 AND agents.last_heartbeat_ms <= v.column2",
+                 WHERE agents.agent_id = v.column1",
                 values(chunk.len(), &["TEXT", "BIGINT", "BIGINT", "BIGINT"], 1)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));

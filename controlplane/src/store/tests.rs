@@ -223,7 +223,7 @@ async fn hello_and_heartbeat_update_the_agent_check(s: &SqlStore) {
         clock_skew_ms,
         history_sample: None,
     };
-    // a1's older record, arriving after its newer one, changes nothing.
+    // a1's older record, later in the same batch, changes nothing.
     s.record_heartbeats(
         &[
             beat("a1", 30, 1500, -4),
