@@ -25,6 +25,7 @@ pub mod config;
 pub mod dial;
 pub mod join;
 pub mod logging;
+pub mod malloc;
 pub mod proxy;
 pub mod read_buffer;
 mod redact;

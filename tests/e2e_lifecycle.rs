@@ -129,26 +129,27 @@ fn tcp_inodes(state: &str) -> HashSet<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_has_no_listening_socket() {
-    let dir = tempfile::tempdir().unwrap();
+/// A control plane, an agent and a channel through it to an echo server
+/// that has carried one byte each way.
+async fn agent_with_an_open_channel(dir: &std::path::Path) -> (ControlPlane, Agent, TcpStream) {
     let echo = support::echo_server().await;
-    let cp = ControlPlane::start(&dir.path().join("cp")).await;
+    let cp = ControlPlane::start(&dir.join("cp")).await;
     let token = cp.token("p", 1).await;
     let allow = echo.to_string();
-    let agent = Agent::start(
-        &cp.endpoint(),
-        &dir.path().join("agent"),
-        Some(&token),
-        &[&allow],
-    )
-    .await;
+    let agent = Agent::start(&cp.endpoint(), &dir.join("agent"), Some(&token), &[&allow]).await;
     let gw = cp.gateway("echo", "p", echo).await;
-    // While a channel is open, too.
     let mut s = TcpStream::connect(gw).await.unwrap();
     s.write_all(b"x").await.unwrap();
     let mut one = [0u8; 1];
     s.read_exact(&mut one).await.unwrap();
+    (cp, agent, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_has_no_listening_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    // While a channel is open, too.
+    let (_cp, agent, _channel) = agent_with_an_open_channel(dir.path()).await;
 
     let mine = socket_inodes(agent.pid());
     let listening = tcp_inodes("0A");
@@ -162,4 +163,33 @@ async fn the_agent_has_no_listening_socket() {
         bad.is_empty(),
         "the agent listens on a socket: inodes {bad:?}"
     );
+}
+
+/// The environment a running process started with.
+fn environ_of(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// Both binaries run with glibc's malloc tuned (see `tether::malloc`):
+/// they executed themselves again with GLIBC_TUNABLES set, under the
+/// process id they were started with, and serve as usual.
+#[tokio::test]
+async fn both_binaries_run_with_tuned_malloc_under_their_own_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, agent, _channel) = agent_with_an_open_channel(dir.path()).await;
+
+    let tuned = format!("GLIBC_TUNABLES={}", tether::malloc::TUNABLES);
+    for (name, pid) in [
+        ("control plane", cp.child.id().unwrap()),
+        ("agent", agent.pid()),
+    ] {
+        assert!(
+            environ_of(pid).contains(&tuned),
+            "the {name} (pid {pid}) runs without {tuned}"
+        );
+    }
 }

@@ -9,8 +9,14 @@ use tether_agent::{
 };
 use tokio_util::sync::CancellationToken;
 
+fn main() -> ExitCode {
+    // Before any thread starts: may execute this program again (tuned malloc).
+    tether::malloc::tune();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let config = match tether_agent::Config::from_env_and_args() {
         Ok(c) => c,
         Err(e) => {

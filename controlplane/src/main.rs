@@ -4,8 +4,14 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
+fn main() -> ExitCode {
+    // Before any thread starts: may execute this program again (tuned malloc).
+    tether::malloc::tune();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let config = match tether_controlplane::Config::from_env_and_args() {
         Ok(c) => c,
         Err(e) => {
