@@ -76,7 +76,6 @@ pub struct HelloRecord {
     pub config_hash: String,
 }
 
-/// A named route: pool + target, maybe with a gateway listener.
 /// An agent's heartbeat, as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeartbeatRecord {
@@ -88,6 +87,7 @@ pub struct HeartbeatRecord {
     pub history_sample: Option<Vec<u8>>,
 }
 
+/// A named route: pool + target, maybe with a gateway listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionRecord {
     pub org_id: String,
