@@ -211,12 +211,7 @@ impl LiveSession {
 
     /// No heartbeat for three intervals.
     pub fn is_stale(&self, interval: Duration) -> bool {
-        self.heartbeat
-            .lock()
-            .expect("heartbeat lock poisoned: a task panicked while holding it")
-            .at
-            .elapsed()
-            > interval * 3
+        self.heartbeat().at.elapsed() > interval * 3
     }
 }
 

@@ -5,7 +5,10 @@
 //! certificate expiring, workspace problems. (Drain and undrain are told
 //! where they happen, in the Admin calls.)
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
@@ -35,8 +38,6 @@ struct Tracked {
     skew_alerted: bool,
     cert_alerted_for: i64,
     gone_since: Option<Instant>,
-    /// The last scan that found the agent's session live.
-    scan: u64,
 }
 
 fn seen_of(s: &LiveSession, interval: Duration) -> Seen {
@@ -55,15 +56,13 @@ pub async fn run(state: Shared) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut tracked: HashMap<String, Tracked> = HashMap::new();
-    let mut scans: u64 = 0;
     let mut next_prune = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = state.cancel.cancelled() => return,
         }
-        scans += 1;
-        scan(&state, &mut tracked, scans, interval, grace).await;
+        scan(&state, &mut tracked, interval, grace).await;
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_EVERY;
             let before = now_ms().saturating_sub(
@@ -81,7 +80,6 @@ pub async fn run(state: Shared) {
 async fn scan(
     state: &Shared,
     tracked: &mut HashMap<String, Tracked>,
-    scan: u64,
     interval: Duration,
     grace: Duration,
 ) {
@@ -113,11 +111,9 @@ async fn scan(
                     skew_alerted: false,
                     cert_alerted_for: 0,
                     gone_since: None,
-                    scan,
                 })
             }
         };
-        t.scan = scan;
         t.gone_since = None;
         if t.session_id != s.session_id {
             // Reattached within the grace period: a new session, the same
@@ -128,10 +124,11 @@ async fn scan(
         transition(state, t, seen, interval).await;
         check_sample(state, t, s).await;
     }
+    let live_ids: HashSet<&str> = live.iter().map(|s| s.agent_id.as_str()).collect();
     let gone: Vec<String> = tracked
-        .iter()
-        .filter(|(_, t)| t.scan != scan)
-        .map(|(id, _)| id.clone())
+        .keys()
+        .filter(|id| !live_ids.contains(id.as_str()))
+        .cloned()
         .collect();
     for id in gone {
         let Some(t) = tracked.get_mut(&id) else {
