@@ -53,20 +53,17 @@ struct Route {
 }
 
 impl Route {
+    /// The tunnel's processes and their children, as they are now.
+    fn processes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pids.iter().flat_map(|p| procs::tree(*p))
+    }
+
     fn cpu(&self) -> f64 {
-        self.pids
-            .iter()
-            .flat_map(|p| procs::tree(*p))
-            .map(procs::cpu_of)
-            .sum()
+        self.processes().map(procs::cpu_of).sum()
     }
 
     fn rss(&self) -> u64 {
-        self.pids
-            .iter()
-            .flat_map(|p| procs::tree(*p))
-            .map(procs::rss_of)
-            .sum()
+        self.processes().map(procs::rss_of).sum()
     }
 }
 
