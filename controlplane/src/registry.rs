@@ -263,6 +263,11 @@ impl Registry {
         self.read().values().filter(|s| keep(s)).cloned().collect()
     }
 
+    /// Whether any live session passes `test` (stops at the first).
+    pub fn any(&self, test: impl Fn(&LiveSession) -> bool) -> bool {
+        self.read().values().any(|s| test(s))
+    }
+
     /// Every live session.
     pub fn all(&self) -> Vec<Arc<LiveSession>> {
         self.read().values().cloned().collect()

@@ -108,7 +108,9 @@ pub struct Released {
 /// The job queue.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Stores a new job, or returns the one its idempotency key made.
+    /// Stores a new job, or returns the one its idempotency key made. A new
+    /// pending job wakes the dispatchers of the other replicas, in the same
+    /// statement (see [`JobStore::notify_jobs`]).
     async fn submit_job(&self, job: &JobRecord) -> Result<Submitted, StoreError>;
     /// One job of an org.
     async fn get_job(&self, org_id: &str, job_id: &str) -> Result<Option<JobRecord>, StoreError>;

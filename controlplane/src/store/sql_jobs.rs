@@ -61,6 +61,75 @@ fn job(row: &AnyRow) -> Result<JobRecord, StoreError> {
     })
 }
 
+/// The end of a successful attempt: $1 job, $2 token, $3 result, $4 now,
+/// $5 agent. A macro, so the PostgreSQL form below can `concat!` it.
+macro_rules! succeed_sql {
+    () => {
+        "UPDATE jobs SET state = 'succeeded', result = $3, error = '', finished_ms = $4, \
+         lease_session = '', lease_expires_ms = 0 \
+         WHERE job_id = $1 AND lease_token = $2 AND lease_agent = $5 \
+         AND state IN ('assigned', 'running') RETURNING *"
+    };
+}
+
+/// The end of a failed attempt, back to pending if attempts remain and it
+/// may be retried: $1 job, $2 token, $3 error, $4 now, $5 retry time or
+/// -1 for none, $6 agent.
+macro_rules! fail_sql {
+    () => {
+        "UPDATE jobs SET \
+         state = CASE WHEN attempts < max_attempts AND $5 >= 0 THEN 'pending' ELSE 'failed' END, \
+         finished_ms = CASE WHEN attempts < max_attempts AND $5 >= 0 THEN 0 ELSE $4 END, \
+         run_at_ms = CASE WHEN $5 >= 0 THEN $5 ELSE run_at_ms END, \
+         error = $3, lease_session = '', lease_expires_ms = 0, attempt_deadline_ms = 0 \
+         WHERE job_id = $1 AND lease_token = $2 AND lease_agent = $6 \
+         AND state IN ('assigned', 'running') RETURNING *"
+    };
+}
+
+/// PostgreSQL ends the attempt's record in the same statement (one round
+/// trip, one implicit transaction); SQLite does it next, in the same
+/// `BEGIN IMMEDIATE`.
+macro_rules! and_end_attempt {
+    ($update:expr, $outcome:literal) => {
+        concat!(
+            "WITH done AS (",
+            $update,
+            "), attempt AS (UPDATE job_attempts SET ended_ms = $4, outcome = '",
+            $outcome,
+            "' FROM done WHERE job_attempts.job_id = done.job_id \
+             AND job_attempts.lease_token = done.lease_token AND job_attempts.ended_ms = 0) \
+             SELECT * FROM done"
+        )
+    };
+}
+
+/// A new job: $1 … $14 in the column order below.
+macro_rules! submit_sql {
+    () => {
+        "INSERT INTO jobs (job_id, org_id, pool, job_type, payload, credentials_json, priority, state, \
+         run_at_ms, attempt_timeout_ms, max_attempts, created_ms, idempotency_key, error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING *"
+    };
+}
+
+const SUBMIT: &str = submit_sql!();
+/// PostgreSQL also wakes the other replicas' dispatchers when the job is
+/// pending, in the same statement: NOTIFY is sent at commit, and a
+/// separate `pg_notify` cost a round trip and a transaction per job. The
+/// count makes PostgreSQL evaluate the CTE (an unread one is skipped).
+const SUBMIT_POSTGRES: &str = concat!(
+    "WITH inserted AS (",
+    submit_sql!(),
+    "), woken AS (SELECT pg_notify('tether_jobs', '') FROM inserted WHERE state = 'pending') \
+     SELECT inserted.*, (SELECT COUNT(*) FROM woken) AS woken FROM inserted"
+);
+
+const SUCCEED: &str = succeed_sql!();
+const SUCCEED_POSTGRES: &str = and_end_attempt!(succeed_sql!(), "succeeded");
+const FAIL: &str = fail_sql!();
+const FAIL_POSTGRES: &str = and_end_attempt!(fail_sql!(), "failed");
+
 fn token(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
@@ -84,40 +153,50 @@ const CLAIM_SQLITE: &str = "UPDATE jobs SET state = 'assigned', lease_token = le
 /// The candidates are picked in a CTE, which PostgreSQL evaluates once: as
 /// `job_id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` the subquery is
 /// evaluated again as rows change and one claim takes more than `n` jobs
-/// (measured; the batch-claim test catches it).
-const CLAIM_POSTGRES: &str = "WITH picked AS (SELECT job_id FROM jobs WHERE org_id = $5 AND pool = $6 \
+/// (measured; the batch-claim test catches it). The credential check calls
+/// `jsonb_contained` (what `<@` runs) as a function: the planner guesses a
+/// function matches a third of the rows but the operator a thousandth, and
+/// with that guess the generic plan read and sorted every pending job
+/// instead of walking `jobs_claim` in order (a store test checks the plan).
+/// The attempts are recorded
+/// by the same statement (a data-modifying CTE reads what the UPDATE
+/// returned): one round trip and one implicit transaction per claim.
+pub(super) const CLAIM_POSTGRES: &str = "WITH picked AS (SELECT job_id FROM jobs WHERE org_id = $5 AND pool = $6 \
       AND state = 'pending' AND run_at_ms <= $4 AND jsonb_exists($7::jsonb, job_type) \
-      AND credentials_json::jsonb <@ $8::jsonb \
-      ORDER BY priority DESC, created_ms, job_id LIMIT $9 FOR UPDATE SKIP LOCKED) \
-    UPDATE jobs SET state = 'assigned', lease_token = jobs.lease_token + 1, \
+      AND jsonb_contained(credentials_json::jsonb, $8::jsonb) \
+      ORDER BY priority DESC, created_ms, job_id LIMIT $9 FOR UPDATE SKIP LOCKED), \
+    claimed AS (UPDATE jobs SET state = 'assigned', lease_token = jobs.lease_token + 1, \
     lease_agent = $1, lease_session = $2, lease_expires_ms = $3, attempts = jobs.attempts + 1, \
     started_ms = $4, attempt_deadline_ms = $4 + jobs.attempt_timeout_ms \
-    FROM picked WHERE jobs.job_id = picked.job_id AND jobs.state = 'pending' RETURNING jobs.*";
+    FROM picked WHERE jobs.job_id = picked.job_id AND jobs.state = 'pending' RETURNING jobs.*), \
+    attempt AS (INSERT INTO job_attempts (job_id, lease_token, agent_id, session_id, started_ms) \
+    SELECT job_id, lease_token, $1, $2, $4 FROM claimed) \
+    SELECT * FROM claimed";
 
 #[async_trait]
 impl JobStore for SqlStore {
     async fn submit_job(&self, j: &JobRecord) -> Result<Submitted, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (job_id, org_id, pool, job_type, payload, credentials_json, priority, state, \
-             run_at_ms, attempt_timeout_ms, max_attempts, created_ms, idempotency_key, error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING *",
-        )
-        .bind(&j.job_id)
-        .bind(&j.org_id)
-        .bind(&j.pool)
-        .bind(&j.job_type)
-        .bind(&j.payload)
-        .bind(to_json(&j.credential_names))
-        .bind(i64::from(j.priority))
-        .bind(&j.state)
-        .bind(j.run_at_ms)
-        .bind(j.attempt_timeout_ms)
-        .bind(i64::from(j.max_attempts))
-        .bind(j.created_ms)
-        .bind(&j.idempotency_key)
-        .bind(&j.error)
-        .fetch_one(&self.pool)
-        .await;
+        let sql = match self.backend {
+            Backend::Sqlite => SUBMIT,
+            Backend::Postgres => SUBMIT_POSTGRES,
+        };
+        let inserted = sqlx::query(sql)
+            .bind(&j.job_id)
+            .bind(&j.org_id)
+            .bind(&j.pool)
+            .bind(&j.job_type)
+            .bind(&j.payload)
+            .bind(to_json(&j.credential_names))
+            .bind(i64::from(j.priority))
+            .bind(&j.state)
+            .bind(j.run_at_ms)
+            .bind(j.attempt_timeout_ms)
+            .bind(i64::from(j.max_attempts))
+            .bind(j.created_ms)
+            .bind(&j.idempotency_key)
+            .bind(&j.error)
+            .fetch_one(&self.pool)
+            .await;
         match inserted {
             Ok(row) => Ok(Submitted::New(job(&row)?)),
             Err(e) if is_unique_violation(&e) && !j.idempotency_key.is_empty() => {
@@ -172,32 +251,36 @@ impl JobStore for SqlStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let sql = match self.backend {
-            Backend::Sqlite => CLAIM_SQLITE,
-            Backend::Postgres => CLAIM_POSTGRES,
+        let query = |sql| {
+            sqlx::query(sql)
+                .bind(&c.agent_id)
+                .bind(&c.session_id)
+                .bind(now_ms.saturating_add(c.lease_ms))
+                .bind(now_ms)
+                .bind(&c.org_id)
+                .bind(&c.pool)
+                .bind(to_json(&c.capabilities))
+                .bind(to_json(&c.credential_names))
+                .bind(i64::from(limit))
         };
+        // RETURNING keeps no order: the queue's order again.
+        let in_order = |rows: Vec<AnyRow>| {
+            let mut claimed = rows.iter().map(job).collect::<Result<Vec<_>, _>>()?;
+            claimed.sort_by(|a, b| {
+                (b.priority, a.created_ms, &a.job_id).cmp(&(a.priority, b.created_ms, &b.job_id))
+            });
+            Ok::<_, StoreError>(claimed)
+        };
+        if self.backend == Backend::Postgres {
+            return in_order(query(CLAIM_POSTGRES).fetch_all(&self.pool).await?);
+        }
         let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(sql)
-            .bind(&c.agent_id)
-            .bind(&c.session_id)
-            .bind(now_ms.saturating_add(c.lease_ms))
-            .bind(now_ms)
-            .bind(&c.org_id)
-            .bind(&c.pool)
-            .bind(to_json(&c.capabilities))
-            .bind(to_json(&c.credential_names))
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = query(CLAIM_SQLITE).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(Vec::new());
         }
-        let mut claimed = rows.iter().map(job).collect::<Result<Vec<_>, _>>()?;
-        // RETURNING keeps no order: the queue's order again.
-        claimed.sort_by(|a, b| {
-            (b.priority, a.created_ms, &a.job_id).cmp(&(a.priority, b.created_ms, &b.job_id))
-        });
+        let claimed = in_order(rows)?;
         for j in &claimed {
             sqlx::query(
                 "INSERT INTO job_attempts (job_id, lease_token, agent_id, session_id, started_ms) \
@@ -236,45 +319,38 @@ impl JobStore for SqlStore {
         outcome: Outcome,
         now_ms: i64,
     ) -> Result<Option<JobRecord>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let (row, label) = match outcome {
-            Outcome::Succeeded(result) => (
-                sqlx::query(
-                    "UPDATE jobs SET state = 'succeeded', result = $3, error = '', finished_ms = $4, \
-                     lease_session = '', lease_expires_ms = 0 \
-                     WHERE job_id = $1 AND lease_token = $2 AND lease_agent = $5 \
-                     AND state IN ('assigned', 'running') RETURNING *",
-                )
+        let postgres = self.backend == Backend::Postgres;
+        let (sql, label) = match (&outcome, postgres) {
+            (Outcome::Succeeded(_), false) => (SUCCEED, state::SUCCEEDED),
+            (Outcome::Succeeded(_), true) => (SUCCEED_POSTGRES, state::SUCCEEDED),
+            (Outcome::Failed { .. }, false) => (FAIL, state::FAILED),
+            (Outcome::Failed { .. }, true) => (FAIL_POSTGRES, state::FAILED),
+        };
+        let query = match outcome {
+            Outcome::Succeeded(result) => sqlx::query(sql)
                 .bind(job_id)
                 .bind(token(t))
                 .bind(result)
                 .bind(now_ms)
-                .bind(agent_id)
-                .fetch_optional(&mut *tx)
-                .await?,
-                state::SUCCEEDED,
-            ),
-            Outcome::Failed { error, retry_at_ms } => (
-                sqlx::query(
-                    "UPDATE jobs SET \
-                     state = CASE WHEN attempts < max_attempts AND $5 >= 0 THEN 'pending' ELSE 'failed' END, \
-                     finished_ms = CASE WHEN attempts < max_attempts AND $5 >= 0 THEN 0 ELSE $4 END, \
-                     run_at_ms = CASE WHEN $5 >= 0 THEN $5 ELSE run_at_ms END, \
-                     error = $3, lease_session = '', lease_expires_ms = 0, attempt_deadline_ms = 0 \
-                     WHERE job_id = $1 AND lease_token = $2 AND lease_agent = $6 \
-                     AND state IN ('assigned', 'running') RETURNING *",
-                )
+                .bind(agent_id),
+            Outcome::Failed { error, retry_at_ms } => sqlx::query(sql)
                 .bind(job_id)
                 .bind(token(t))
                 .bind(error)
                 .bind(now_ms)
                 .bind(retry_at_ms.unwrap_or(-1))
-                .bind(agent_id)
-                .fetch_optional(&mut *tx)
-                .await?,
-                state::FAILED,
-            ),
+                .bind(agent_id),
         };
+        if postgres {
+            return query
+                .fetch_optional(&self.pool)
+                .await?
+                .as_ref()
+                .map(job)
+                .transpose();
+        }
+        let mut tx = self.begin_write().await?;
+        let row = query.fetch_optional(&mut *tx).await?;
         let Some(row) = row else {
             tx.rollback().await?;
             return Ok(None);
@@ -472,9 +548,11 @@ impl JobStore for SqlStore {
     async fn waiting_job_shapes(
         &self,
     ) -> Result<Vec<(String, String, String, Vec<String>)>, StoreError> {
+        // One part per state, so each reads its own partial index.
         let rows = sqlx::query(
-            "SELECT DISTINCT org_id, pool, job_type, credentials_json FROM jobs \
-             WHERE state IN ('pending', 'unschedulable')",
+            "SELECT org_id, pool, job_type, credentials_json FROM jobs WHERE state = 'pending' \
+             UNION SELECT org_id, pool, job_type, credentials_json FROM jobs \
+             WHERE state = 'unschedulable'",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -521,10 +599,16 @@ impl JobStore for SqlStore {
     }
 
     async fn job_counts(&self) -> Result<Vec<(String, String, String, u64)>, StoreError> {
+        // One part per partial index (migration 0006): a condition on all
+        // four states together would read the whole table, history too.
         let rows = sqlx::query(
-            "SELECT org_id, pool, state, COUNT(*) AS n FROM jobs \
-             WHERE state IN ('pending', 'assigned', 'running', 'unschedulable') \
-             GROUP BY org_id, pool, state ORDER BY org_id, pool, state",
+            "SELECT org_id, pool, state, COUNT(*) AS n FROM jobs WHERE state = 'pending' \
+             GROUP BY org_id, pool, state \
+             UNION ALL SELECT org_id, pool, state, COUNT(*) AS n FROM jobs \
+             WHERE state IN ('assigned', 'running') GROUP BY org_id, pool, state \
+             UNION ALL SELECT org_id, pool, state, COUNT(*) AS n FROM jobs \
+             WHERE state = 'unschedulable' GROUP BY org_id, pool, state \
+             ORDER BY org_id, pool, state",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -774,3 +774,64 @@ on_both!(
     concurrent_claims_never_hand_a_job_out_twice,
     concurrent_claims_never_hand_a_job_out_twice_check
 );
+
+/// PostgreSQL plans a prepared statement once for any parameters after a
+/// few runs. That generic plan of the claim must walk the pending jobs in
+/// queue order and stop at the first it can take, not read and sort every
+/// pending job (which made claims slower as the queue and its history
+/// grew; migration 0006).
+#[tokio::test]
+async fn the_claims_generic_plan_walks_the_claim_index_without_sorting() {
+    let db = PgDatabase::create().await;
+    // Migrates the database.
+    let _store = SqlStore::open_postgres(&db.url).await.unwrap();
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    // A history of finished jobs and a queue, as after a busy hour.
+    for (state, n) in [("succeeded", 5_000), ("pending", 200), ("running", 20)] {
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO jobs (job_id, org_id, pool, job_type, payload, state, run_at_ms, \
+             attempt_timeout_ms, max_attempts, created_ms) \
+             SELECT '{state}-' || i, 'o', 'p', 'sync', '', '{state}', 0, 60000, 3, i \
+             FROM generate_series(1, {n}) AS i"
+        )))
+        .await
+        .unwrap();
+    }
+    conn.execute("ANALYZE jobs").await.unwrap();
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "PREPARE claim AS {}",
+        super::sql_jobs::CLAIM_POSTGRES
+    )))
+    .await
+    .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN EXECUTE claim('a', 's', 99, 10, 'o', 'p', '[\"sync\"]', '[]', 4)",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("jobs_claim"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+}
+
+/// A pending job wakes the other replicas' dispatchers: the store sends
+/// NOTIFY with the insert.
+#[tokio::test]
+async fn submitting_a_pending_job_notifies_the_other_replicas() {
+    let (guard, s) = postgres().await;
+    let Guard::Pg(db) = &guard else {
+        unreachable!("postgres() keeps a database")
+    };
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("tether_jobs").await.unwrap();
+    submit(&s, job_rec("j-due", "sync", &[], 0)).await;
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+        .await
+        .expect("no notification within 10 s")
+        .unwrap();
+    assert_eq!(woken.channel(), "tether_jobs");
+}

@@ -118,12 +118,25 @@ pub(super) async fn submit(
     let mut creds = r.credential_names;
     creds.sort();
     creds.dedup();
-    let agents = state
-        .store
-        .list_agents(&who.org_id)
-        .await
-        .map_err(|e| store_status("reading agents", e))?;
-    let unschedulable = schedulable::why_not(&agents, &r.pool, &r.job_type, &creds);
+    // An attached agent that can run it answers the question without a
+    // read of the store (the common case); otherwise every enrolled agent
+    // counts, offline ones too, and the reason names what is missing.
+    let runnable_by_a_live_agent = state.registry.any(|s| {
+        s.org_id == who.org_id
+            && s.pool == r.pool
+            && s.hello.capabilities.contains(&r.job_type)
+            && creds.iter().all(|c| s.hello.credential_names.contains(c))
+    });
+    let unschedulable = if runnable_by_a_live_agent {
+        None
+    } else {
+        let agents = state
+            .store
+            .list_agents(&who.org_id)
+            .await
+            .map_err(|e| store_status("reading agents", e))?;
+        schedulable::why_not(&agents, &r.pool, &r.job_type, &creds)
+    };
     let now = now_ms();
     let job = JobRecord {
         job_id: format!("job-{}", secrets::random_hex(8)),
@@ -153,11 +166,9 @@ pub(super) async fn submit(
     let job = match state.store.submit_job(&job).await {
         Ok(Submitted::New(j)) => {
             info!(job_id = %j.job_id, pool = %j.pool, job_type = %j.job_type, state = %j.state, "job submitted");
+            // The store told the other replicas with the insert.
             if j.state == state::PENDING {
                 state.jobs.wake();
-                if let Err(e) = state.store.notify_jobs().await {
-                    tracing::warn!(error = %e, "could not notify other replicas of a new job");
-                }
             }
             j
         }
