@@ -13,7 +13,8 @@ use std::{os::unix::fs::PermissionsExt, path::Path};
 use support::{Agent, ControlPlane, WAIT, ctl, eventually};
 use tether::proto::{
     AgentFrame, CancelJobRequest, GetJobLogsRequest, GetJobRequest, Job, JobAssign, JobState,
-    JobSucceeded, JobUpdate, SubmitJobRequest, agent_frame, job_update, server_frame,
+    JobSucceeded, JobUpdate, ListAuditEventsRequest, SubmitJobRequest, agent_frame, job_update,
+    server_frame,
 };
 
 /// Writes an executable shell script.
@@ -182,6 +183,23 @@ key=$(cat "$TETHER_CREDENTIAL_DEPLOY_KEY_FILE")
     let first = admin.submit_job(k.clone()).await.unwrap().into_inner();
     let again = admin.submit_job(k).await.unwrap().into_inner();
     assert_eq!(first.job_id, again.job_id);
+
+    // The audit log has every submission: a new job's entry is stored with
+    // the job, the repeat's on its own, both naming the one job.
+    let audit = admin
+        .list_audit_events(ListAuditEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let for_key: Vec<_> = audit
+        .iter()
+        .filter(|e| {
+            e.action == "SubmitJob" && e.target == format!("job {} pool data", first.job_id)
+        })
+        .collect();
+    assert_eq!(for_key.len(), 2, "{audit:?}");
+    assert!(for_key.iter().all(|e| e.result == "ok"), "{audit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,6 +266,19 @@ async fn unschedulable_jobs_say_why_and_run_when_an_agent_can() {
         .await
         .unwrap_err();
     assert!(e.message().contains("credential name"), "{e:?}");
+    // Refusals are audited too, against the pool.
+    let audit = admin
+        .list_audit_events(ListAuditEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(
+        audit.iter().any(|a| a.action == "SubmitJob"
+            && a.target == "pool etl"
+            && a.result == "InvalidArgument"),
+        "{audit:?}"
+    );
     let e = admin
         .get_job(GetJobRequest {
             job_id: "job-nope".into(),

@@ -108,10 +108,15 @@ pub struct Released {
 /// The job queue.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Stores a new job, or returns the one its idempotency key made. A new
-    /// pending job wakes the dispatchers of the other replicas, in the same
-    /// statement (see [`JobStore::notify_jobs`]).
-    async fn submit_job(&self, job: &JobRecord) -> Result<Submitted, StoreError>;
+    /// Stores a new job with its audit entry (both or neither), or returns
+    /// the one its idempotency key made (then nothing is written: the
+    /// caller audits that). A new pending job wakes the dispatchers of the
+    /// other replicas, in the same statement (see [`JobStore::notify_jobs`]).
+    async fn submit_job(
+        &self,
+        job: &JobRecord,
+        audit: &super::AuditRecord,
+    ) -> Result<Submitted, StoreError>;
     /// One job of an org.
     async fn get_job(&self, org_id: &str, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// Jobs of an org, newest first, optionally of one pool and state.

@@ -15,7 +15,8 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use async_trait::async_trait;
 use sqlx::{
     Any, AnyPool, Executor, Row, Transaction,
-    any::{AnyPoolOptions, AnyRow},
+    any::{AnyArguments, AnyPoolOptions, AnyRow},
+    query::Query,
 };
 
 use super::{
@@ -105,6 +106,36 @@ pub(super) fn json_list(row: &AnyRow, col: &'static str) -> Result<Vec<String>, 
         what: col,
         detail: e.to_string(),
     })
+}
+
+/// The columns of an audit entry, in the order [`bind_audit`] binds them.
+macro_rules! audit_columns {
+    () => {
+        "(org_id, time_ms, key_id, role, action, target, peer, result, detail)"
+    };
+}
+pub(super) use audit_columns;
+
+pub(super) const INSERT_AUDIT: &str = concat!(
+    "INSERT INTO audit_events ",
+    audit_columns!(),
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+);
+
+/// Binds an audit entry's values after whatever `q` has bound already.
+pub(super) fn bind_audit<'q>(
+    q: Query<'q, Any, AnyArguments>,
+    e: &'q AuditRecord,
+) -> Query<'q, Any, AnyArguments> {
+    q.bind(&e.org_id)
+        .bind(e.time_ms)
+        .bind(&e.key_id)
+        .bind(&e.role)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.peer)
+        .bind(&e.result)
+        .bind(&e.detail)
 }
 
 pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
@@ -601,21 +632,9 @@ impl Store for SqlStore {
     }
 
     async fn insert_audit(&self, e: &AuditRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_events (org_id, time_ms, key_id, role, action, target, peer, result, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&e.org_id)
-        .bind(e.time_ms)
-        .bind(&e.key_id)
-        .bind(&e.role)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(&e.peer)
-        .bind(&e.result)
-        .bind(&e.detail)
-        .execute(&self.pool)
-        .await?;
+        bind_audit(sqlx::query(INSERT_AUDIT), e)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

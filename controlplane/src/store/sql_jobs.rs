@@ -7,10 +7,15 @@
 use async_trait::async_trait;
 use sqlx::{Row, any::AnyRow};
 
+use sqlx::{Any, any::AnyArguments, query::Query};
+
 use super::{
-    StoreError,
+    AuditRecord, StoreError,
     jobs::{AttemptRecord, Claimant, JobRecord, JobStore, Outcome, Released, Submitted, state},
-    sql::{Backend, SqlStore, is_unique_violation, json_list, to_json},
+    sql::{
+        Backend, INSERT_AUDIT, SqlStore, audit_columns, bind_audit, is_unique_violation, json_list,
+        to_json,
+    },
 };
 
 fn u32_of(row: &AnyRow, col: &'static str) -> Result<u32, StoreError> {
@@ -114,16 +119,38 @@ macro_rules! submit_sql {
 }
 
 const SUBMIT: &str = submit_sql!();
-/// PostgreSQL also wakes the other replicas' dispatchers when the job is
-/// pending, in the same statement: NOTIFY is sent at commit, and a
-/// separate `pg_notify` cost a round trip and a transaction per job. The
-/// count makes PostgreSQL evaluate the CTE (an unread one is skipped).
+/// On PostgreSQL one statement stores the job and its audit entry ($15 …
+/// $23) and, when the job is pending, wakes the other replicas'
+/// dispatchers (NOTIFY is sent at commit). Each part used to be a
+/// statement and a commit of its own. The count makes PostgreSQL evaluate
+/// `woken` (a SELECT in a CTE that nothing reads is skipped; an INSERT in
+/// one always runs).
 const SUBMIT_POSTGRES: &str = concat!(
     "WITH inserted AS (",
     submit_sql!(),
-    "), woken AS (SELECT pg_notify('tether_jobs', '') FROM inserted WHERE state = 'pending') \
+    "), audited AS (INSERT INTO audit_events ",
+    audit_columns!(),
+    " SELECT $15, $16, $17, $18, $19, $20, $21, $22, $23 FROM inserted), \
+     woken AS (SELECT pg_notify('tether_jobs', '') FROM inserted WHERE state = 'pending') \
      SELECT inserted.*, (SELECT COUNT(*) FROM woken) AS woken FROM inserted"
 );
+
+impl SqlStore {
+    /// SQLite stores the job and its audit entry in one transaction.
+    async fn submit_sqlite<'q>(
+        &self,
+        insert_job: Query<'q, Any, AnyArguments>,
+        a: &'q AuditRecord,
+    ) -> Result<AnyRow, sqlx::Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = insert_job.fetch_one(&mut *tx).await?;
+        bind_audit(sqlx::query(INSERT_AUDIT), a)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+}
 
 const SUCCEED: &str = succeed_sql!();
 const SUCCEED_POSTGRES: &str = and_end_attempt!(succeed_sql!(), "succeeded");
@@ -175,12 +202,9 @@ pub(super) const CLAIM_POSTGRES: &str = "WITH picked AS (SELECT job_id FROM jobs
 
 #[async_trait]
 impl JobStore for SqlStore {
-    async fn submit_job(&self, j: &JobRecord) -> Result<Submitted, StoreError> {
-        let sql = match self.backend {
-            Backend::Sqlite => SUBMIT,
-            Backend::Postgres => SUBMIT_POSTGRES,
-        };
-        let inserted = sqlx::query(sql)
+    async fn submit_job(&self, j: &JobRecord, a: &AuditRecord) -> Result<Submitted, StoreError> {
+        let postgres = self.backend == Backend::Postgres;
+        let query = sqlx::query(if postgres { SUBMIT_POSTGRES } else { SUBMIT })
             .bind(&j.job_id)
             .bind(&j.org_id)
             .bind(&j.pool)
@@ -194,9 +218,13 @@ impl JobStore for SqlStore {
             .bind(i64::from(j.max_attempts))
             .bind(j.created_ms)
             .bind(&j.idempotency_key)
-            .bind(&j.error)
-            .fetch_one(&self.pool)
-            .await;
+            .bind(&j.error);
+        let inserted = if postgres {
+            // The audit entry is $15 … $23 of the same statement.
+            bind_audit(query, a).fetch_one(&self.pool).await
+        } else {
+            self.submit_sqlite(query, a).await
+        };
         match inserted {
             Ok(row) => Ok(Submitted::New(job(&row)?)),
             Err(e) if is_unique_violation(&e) && !j.idempotency_key.is_empty() => {

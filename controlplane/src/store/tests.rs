@@ -374,8 +374,23 @@ fn claimant(session: &str, caps: &[&str], creds: &[&str]) -> Claimant {
     }
 }
 
+/// The audit entry a submission of `job_id` writes.
+fn submitted_entry(job_id: &str) -> AuditRecord {
+    AuditRecord {
+        org_id: "o".into(),
+        time_ms: 10,
+        key_id: "key-1".into(),
+        role: "operator".into(),
+        action: "SubmitJob".into(),
+        target: format!("job {job_id} pool p"),
+        peer: "127.0.0.1:5555".into(),
+        result: "ok".into(),
+        detail: String::new(),
+    }
+}
+
 async fn submit(s: &SqlStore, j: JobRecord) -> JobRecord {
-    match s.submit_job(&j).await.unwrap() {
+    match s.submit_job(&j, &submitted_entry(&j.job_id)).await.unwrap() {
         Submitted::New(j) => j,
         Submitted::Existing(_) => panic!("{} exists", j.job_id),
     }
@@ -411,10 +426,15 @@ async fn claims_match_capabilities_credentials_and_priority_check(s: &SqlStore) 
     a.idempotency_key = "k1".into();
     submit(s, a.clone()).await;
     a.job_id = "j-b".into();
-    match s.submit_job(&a).await.unwrap() {
+    match s.submit_job(&a, &submitted_entry("j-b")).await.unwrap() {
         Submitted::Existing(j) => assert_eq!(j.job_id, "j-a"),
         Submitted::New(_) => panic!("a duplicate idempotency key made a second job"),
     }
+    // A new job's audit entry is stored with it; the duplicate wrote none
+    // (its caller audits the job it got back).
+    let audit = s.list_audit("o", i64::MAX, 100).await.unwrap();
+    assert!(audit.contains(&submitted_entry("j-a")), "{audit:?}");
+    assert!(!audit.iter().any(|e| e.target.contains("j-b")), "{audit:?}");
     // Not due yet: a retry waits for run_at.
     let mut later = job_rec("j-later", "later", &[], 0);
     later.run_at_ms = 500;

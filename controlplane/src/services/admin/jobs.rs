@@ -11,6 +11,7 @@ use tracing::info;
 
 use super::validate;
 use crate::{
+    audit,
     auth::Principal,
     identity::secrets,
     jobs::{MAX_LOG_LINES, MAX_PAYLOAD, schedulable, stop_on_agent},
@@ -75,11 +76,52 @@ pub(super) fn view(j: JobRecord) -> Job {
     }
 }
 
+/// Submits a job and writes its audit entry: with the job in one
+/// statement when it is new, on its own otherwise (a refusal, or the job an
+/// idempotency key made earlier).
 pub(super) async fn submit(
     state: &Shared,
     who: &Principal,
     r: SubmitJobRequest,
 ) -> Result<Job, Status> {
+    const ACTION: &str = "SubmitJob";
+    let pool = r.pool.clone();
+    let audited = |job_id: &str| format!("job {job_id} pool {pool}");
+    let job = match new_job(state, who, r).await {
+        Ok(job) => job,
+        Err(e) => {
+            audit::record(state, who, ACTION, &format!("pool {pool}"), Err(&e), "").await;
+            return Err(e);
+        }
+    };
+    let entry = audit::entry(who, ACTION, &audited(&job.job_id), Ok(()), "");
+    match state.store.submit_job(&job, &entry).await {
+        Ok(Submitted::New(j)) => {
+            info!(job_id = %j.job_id, pool = %j.pool, job_type = %j.job_type, state = %j.state, "job submitted");
+            // The store told the other replicas with the insert.
+            if j.state == state::PENDING {
+                state.jobs.wake();
+            }
+            Ok(view(j))
+        }
+        Ok(Submitted::Existing(j)) => {
+            audit::record(state, who, ACTION, &audited(&j.job_id), Ok(()), "").await;
+            Ok(view(j))
+        }
+        Err(e) => {
+            let e = store_status("submitting the job", e);
+            audit::record(state, who, ACTION, &format!("pool {pool}"), Err(&e), "").await;
+            Err(e)
+        }
+    }
+}
+
+/// The job a request asks for, checked; not stored yet.
+async fn new_job(
+    state: &Shared,
+    who: &Principal,
+    r: SubmitJobRequest,
+) -> Result<JobRecord, Status> {
     validate::check_pool(&r.pool)?;
     validate::check_job_name("job type", &r.job_type)?;
     if r.payload.len() > MAX_PAYLOAD {
@@ -163,19 +205,7 @@ pub(super) async fn submit(
         idempotency_key: r.idempotency_key,
         ..JobRecord::default()
     };
-    let job = match state.store.submit_job(&job).await {
-        Ok(Submitted::New(j)) => {
-            info!(job_id = %j.job_id, pool = %j.pool, job_type = %j.job_type, state = %j.state, "job submitted");
-            // The store told the other replicas with the insert.
-            if j.state == state::PENDING {
-                state.jobs.wake();
-            }
-            j
-        }
-        Ok(Submitted::Existing(j)) => j,
-        Err(e) => return Err(store_status("submitting the job", e)),
-    };
-    Ok(view(job))
+    Ok(job)
 }
 
 pub(super) async fn get(state: &Shared, who: &Principal, id: &str) -> Result<Job, Status> {

@@ -363,13 +363,8 @@ impl Admin for AdminService {
 
     async fn submit_job(&self, req: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
         let who = authorize(&self.state, &req, Need::Operate, "SubmitJob").await?;
-        let pool = req.get_ref().pool.clone();
-        let result = jobs::submit(&self.state, &who, req.into_inner()).await;
-        let target = match &result {
-            Ok(j) => format!("job {} pool {pool}", j.job_id),
-            Err(_) => format!("pool {pool}"),
-        };
-        audit::outcome(&self.state, &who, "SubmitJob", &target, result)
+        // Audited inside: a new job and its entry are stored together.
+        jobs::submit(&self.state, &who, req.into_inner())
             .await
             .map(Response::new)
     }
