@@ -821,8 +821,9 @@ async fn the_claims_generic_plan_walks_the_claim_index_without_sorting() {
     conn.execute("SET plan_cache_mode = force_generic_plan")
         .await
         .unwrap();
+    // The parameter types sqlx sends: text and bigint.
     conn.execute(sqlx::AssertSqlSafe(format!(
-        "PREPARE claim AS {}",
+        "PREPARE claim(text, text, bigint, bigint, text, text, text, text, bigint) AS {}",
         super::sql_jobs::CLAIM_POSTGRES
     )))
     .await

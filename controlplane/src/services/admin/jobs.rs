@@ -86,7 +86,7 @@ pub(super) async fn submit(
 ) -> Result<Job, Status> {
     const ACTION: &str = "SubmitJob";
     let pool = r.pool.clone();
-    let audited = |job_id: &str| format!("job {job_id} pool {pool}");
+    let audited = |j: &JobRecord| format!("job {} pool {}", j.job_id, j.pool);
     let job = match new_job(state, who, r).await {
         Ok(job) => job,
         Err(e) => {
@@ -94,7 +94,7 @@ pub(super) async fn submit(
             return Err(e);
         }
     };
-    let entry = audit::entry(who, ACTION, &audited(&job.job_id), Ok(()), "");
+    let entry = audit::entry(who, ACTION, &audited(&job), Ok(()), "");
     match state.store.submit_job(&job, &entry).await {
         Ok(Submitted::New(j)) => {
             info!(job_id = %j.job_id, pool = %j.pool, job_type = %j.job_type, state = %j.state, "job submitted");
@@ -105,7 +105,8 @@ pub(super) async fn submit(
             Ok(view(j))
         }
         Ok(Submitted::Existing(j)) => {
-            audit::record(state, who, ACTION, &audited(&j.job_id), Ok(()), "").await;
+            // The job the key made earlier, in the pool it was made for.
+            audit::record(state, who, ACTION, &audited(&j), Ok(()), "").await;
             Ok(view(j))
         }
         Err(e) => {
@@ -163,8 +164,11 @@ async fn new_job(
     // An attached agent that can run it answers the question without a
     // read of the store (the common case); otherwise every enrolled agent
     // counts, offline ones too, and the reason names what is missing.
+    // A revoked agent's session is closed at once (and leaves the registry
+    // soon after): a closed one does not count.
     let runnable_by_a_live_agent = state.registry.any(|s| {
-        s.org_id == who.org_id
+        !s.connection.is_closed()
+            && s.org_id == who.org_id
             && s.pool == r.pool
             && s.hello.capabilities.contains(&r.job_type)
             && creds.iter().all(|c| s.hello.credential_names.contains(c))
