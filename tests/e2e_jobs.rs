@@ -13,8 +13,7 @@ use std::{os::unix::fs::PermissionsExt, path::Path};
 use support::{Agent, ControlPlane, WAIT, ctl, eventually};
 use tether::proto::{
     AgentFrame, CancelJobRequest, GetJobLogsRequest, GetJobRequest, Job, JobAssign, JobState,
-    JobSucceeded, JobUpdate, ListAuditEventsRequest, SubmitJobRequest, agent_frame, job_update,
-    server_frame,
+    JobSucceeded, JobUpdate, SubmitJobRequest, agent_frame, job_update, server_frame,
 };
 
 /// Writes an executable shell script.
@@ -186,12 +185,7 @@ key=$(cat "$TETHER_CREDENTIAL_DEPLOY_KEY_FILE")
 
     // The audit log has every submission: a new job's entry is stored with
     // the job, the repeat's on its own, both naming the one job.
-    let audit = admin
-        .list_audit_events(ListAuditEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let audit = support::audit_events(&mut admin).await;
     let for_key: Vec<_> = audit
         .iter()
         .filter(|e| {
@@ -267,12 +261,7 @@ async fn unschedulable_jobs_say_why_and_run_when_an_agent_can() {
         .unwrap_err();
     assert!(e.message().contains("credential name"), "{e:?}");
     // Refusals are audited too, against the pool.
-    let audit = admin
-        .list_audit_events(ListAuditEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let audit = support::audit_events(&mut admin).await;
     assert!(
         audit.iter().any(|a| a.action == "SubmitJob"
             && a.target == "pool etl"

@@ -215,12 +215,7 @@ async fn two_orgs_never_see_or_reach_each_other() {
     assert_eq!(err.code(), Code::PermissionDenied);
 
     // The audit logs are separate too.
-    let audit_b = admin_b
-        .list_audit_events(ListAuditEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let audit_b = support::audit_events(&mut admin_b).await;
     assert!(
         audit_b
             .iter()
@@ -234,12 +229,7 @@ async fn two_orgs_never_see_or_reach_each_other() {
             .any(|e| e.action == "DeleteConnection" && e.result == "NotFound")
     );
     let b_key_id = b.key.split('.').nth(2).unwrap().to_owned();
-    let audit_a = admin_a
-        .list_audit_events(ListAuditEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let audit_a = support::audit_events(&mut admin_a).await;
     assert!(!audit_a.is_empty());
     assert!(audit_a.iter().all(|e| e.key_id != b_key_id));
 }
@@ -345,13 +335,7 @@ async fn each_role_does_its_share_and_refusals_name_the_role() {
 
     // The audit log has the refusals and the changes, with the caller's
     // address, and none of the keys' secrets.
-    let events = cp
-        .admin()
-        .list_audit_events(ListAuditEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = support::audit_events(&mut cp.admin()).await;
     assert!(
         events
             .iter()

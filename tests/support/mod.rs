@@ -261,6 +261,16 @@ pub struct ControlPlane {
 
 pub type Admin = AdminClient<InterceptedService<Channel, ApiKey>>;
 
+/// The newest audit events `admin`'s key may read.
+pub async fn audit_events(admin: &mut Admin) -> Vec<tether::proto::AuditEvent> {
+    admin
+        .list_audit_events(tether::proto::ListAuditEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
 impl ControlPlane {
     /// Starts a control plane with its data in `data_dir` on `listen`
     /// (port 0 for any), heartbeats every 200 ms.
