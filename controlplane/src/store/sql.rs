@@ -83,8 +83,9 @@ impl SqlStore {
         })
     }
 
-    /// A transaction that will write.
-    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+    /// A transaction that will write. Its error is sqlx's own, so that a
+    /// caller can still tell a unique violation from other failures.
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,

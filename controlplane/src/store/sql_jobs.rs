@@ -142,7 +142,7 @@ impl SqlStore {
         insert_job: Query<'q, Any, AnyArguments>,
         a: &'q AuditRecord,
     ) -> Result<AnyRow, sqlx::Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let row = insert_job.fetch_one(&mut *tx).await?;
         bind_audit(sqlx::query(INSERT_AUDIT), a)
             .execute(&mut *tx)
@@ -348,12 +348,11 @@ impl JobStore for SqlStore {
         now_ms: i64,
     ) -> Result<Option<JobRecord>, StoreError> {
         let postgres = self.backend == Backend::Postgres;
-        let (sql, label) = match (&outcome, postgres) {
-            (Outcome::Succeeded(_), false) => (SUCCEED, state::SUCCEEDED),
-            (Outcome::Succeeded(_), true) => (SUCCEED_POSTGRES, state::SUCCEEDED),
-            (Outcome::Failed { .. }, false) => (FAIL, state::FAILED),
-            (Outcome::Failed { .. }, true) => (FAIL_POSTGRES, state::FAILED),
+        let (sqlite, on_postgres, label) = match &outcome {
+            Outcome::Succeeded(_) => (SUCCEED, SUCCEED_POSTGRES, state::SUCCEEDED),
+            Outcome::Failed { .. } => (FAIL, FAIL_POSTGRES, state::FAILED),
         };
+        let sql = if postgres { on_postgres } else { sqlite };
         let query = match outcome {
             Outcome::Succeeded(result) => sqlx::query(sql)
                 .bind(job_id)
