@@ -435,3 +435,49 @@ pub(crate) async fn rathole(
         ends: vec![client, server],
     })
 }
+
+/// The floor relay (`tether-bench-floor`, built beside this program): the
+/// least a tunnel over tonic does, one gRPC stream per connection over one
+/// TLS 1.3 HTTP/2 connection. Not a peer: the cost of the transport that
+/// Tether's design prescribes, without Tether's own layers.
+pub(crate) async fn floor(
+    dir: &Path,
+    target: SocketAddr,
+    relay: impl AsyncFnOnce(SocketAddr) -> anyhow::Result<SocketAddr>,
+) -> anyhow::Result<Peer> {
+    let program = std::env::current_exe()?.with_file_name("tether-bench-floor");
+    let d = dir.join("floor");
+    std::fs::create_dir_all(&d)?;
+    let issued = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    std::fs::write(&cert, issued.cert.pem())?;
+    std::fs::write(&key, issued.signing_key.serialize_pem())?;
+    let far = local(free_port()?);
+    let mut cmd = Command::new(&program);
+    cmd.arg("far")
+        .arg("--listen")
+        .arg(far.to_string())
+        .arg("--target")
+        .arg(target.to_string())
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key);
+    let far_end = start("the floor relay (far)", cmd, "serving on").await?;
+    let hop = relay(far).await?;
+    let entry = local(free_port()?);
+    let mut cmd = Command::new(&program);
+    cmd.arg("near")
+        .arg("--listen")
+        .arg(entry.to_string())
+        .arg("--far")
+        .arg(hop.to_string())
+        .arg("--ca")
+        .arg(&cert);
+    let near_end = start("the floor relay (near)", cmd, "listening on").await?;
+    Ok(Peer {
+        name: "tonic floor",
+        entry,
+        ends: vec![near_end, far_end],
+    })
+}

@@ -3,8 +3,9 @@
 //! same run, repetitions interleaved across paths.
 //!
 //! Paths: direct; Tether through a gateway port; Tether through the Dial SDK
-//! (an in-process forwarder in this program); `ssh -L`; stunnel; socat;
-//! rathole (see `peers`). Measures: one-connection bulk up and down, eight
+//! (an in-process forwarder in this program); the tonic floor (the least a
+//! tunnel over tonic does, `peers::floor`, not a peer); `ssh -L`; stunnel;
+//! socat; rathole (see `peers`). Measures: one-connection bulk up and down, eight
 //! connections at once, 64-byte round trips (p50, p99, p99.9) with and
 //! without a busy spinner on one core, new connections per second, CPU
 //! seconds per GB of the tunnel's processes, resident memory idle and with
@@ -137,6 +138,8 @@ async fn paths(
     }];
 
     // Tether: a control plane, a near agent and a far agent (behind the relay).
+    let direct = async |a: SocketAddr| anyhow::Ok(a);
+    let delayed = async |a: SocketAddr| relay::start(a, deploy::ONE_WAY).await;
     let tether = deploy::deploy(dir, target).await?;
     let tether_pids = vec![tether.cp.pid(), tether.agent.pid()];
     let credentials = Credentials::from_files(
@@ -164,9 +167,22 @@ async fn paths(
     });
     keep.push(Box::new(tether));
 
+    // The floor: tonic alone, without Tether's layers (not a peer).
+    let floor = peers::floor(&dir.join("peers").join("near"), target, direct).await?;
+    let floor_far = peers::floor(&dir.join("peers").join("far"), target, delayed).await?;
+    works(floor_far.entry)
+        .await
+        .context("the delayed floor relay carries no echo")?;
+    out.push(Route {
+        name: floor.name.into(),
+        entry: floor.entry,
+        pids: floor.pids(),
+        far: Some(floor_far.entry),
+        peer: false,
+    });
+    keep.push(Box::new((floor, floor_far)));
+
     let mut missing = Vec::new();
-    let direct = async |a: SocketAddr| anyhow::Ok(a);
-    let delayed = async |a: SocketAddr| relay::start(a, deploy::ONE_WAY).await;
     for name in ["ssh -L", "stunnel", "socat", "rathole"] {
         let d = dir.join("peers");
         let near_far = async {
@@ -444,15 +460,16 @@ fn fmt(v: Option<f64>) -> String {
 
 async fn render(paths: &[Route], lines: &[Line], missing: &[String], plan: &Plan) -> String {
     let tether = paths.iter().position(|p| p.name == "Tether");
+    let floor = paths.iter().position(|p| p.name == "tonic floor");
     let mut out = String::from("| measure |");
     for p in paths {
         out.push_str(&format!(" {} |", p.name));
     }
-    out.push_str(" Tether / direct | Tether / best peer |\n| --- |");
+    out.push_str(" Tether / direct | Tether / tonic floor | Tether / best peer |\n| --- |");
     for _ in paths {
         out.push_str(" --- |");
     }
-    out.push_str(" --- | --- |\n");
+    out.push_str(" --- | --- | --- |\n");
     for l in lines {
         out.push_str(&format!("| {} |", l.what));
         for v in &l.values {
@@ -473,7 +490,13 @@ async fn render(paths: &[Route], lines: &[Line], missing: &[String], plan: &Plan
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
             _ => "-".into(),
         };
-        out.push_str(&format!(" {} | {} |\n", ratio(t, d), ratio(t, best)));
+        let f = floor.and_then(|i| l.values[i]);
+        out.push_str(&format!(
+            " {} | {} | {} |\n",
+            ratio(t, d),
+            ratio(t, f),
+            ratio(t, best)
+        ));
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -503,7 +526,9 @@ async fn render(paths: &[Route], lines: &[Line], missing: &[String], plan: &Plan
          Parameters: {} MiB per bulk transfer, median of {} interleaved repetitions; {} round trips after 1,000 unmeasured; \
          {} connections 16 at a time; {} idle connections; {} MiB through the 50 ms relay after as much again of warm-up. \
          CPU and memory are summed over each tunnel's processes and their children (Tether: control plane + agent; \
-         the Dial SDK forwarder runs inside the benchmark, so its CPU and memory are not counted).\n",
+         the Dial SDK forwarder runs inside the benchmark, so its CPU and memory are not counted). \
+         The tonic floor is not a peer: `tether-bench-floor`, one gRPC stream per connection over tonic with Tether's \
+         transport settings and nothing else (bench/src/floor).\n",
         kernel.trim(),
         versions.join(", "),
         plan.bulk_mib,
