@@ -134,7 +134,8 @@ pub fn channel_with(
         .keep_alive_timeout(KEEPALIVE)
         .keep_alive_while_idle(true)
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .executor(crate::executor::Executor);
     let connector = tower::service_fn(move |_| {
         let host = host.clone();
         let tls = tls.clone();

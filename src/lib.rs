@@ -23,6 +23,7 @@ pub mod proto {
 pub mod client;
 pub mod config;
 pub mod dial;
+pub mod executor;
 pub mod join;
 pub mod logging;
 pub mod malloc;

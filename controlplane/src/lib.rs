@@ -18,6 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod events;
 pub mod gateway;
+pub mod grpc_server;
 pub mod heartbeats;
 pub mod identity;
 pub mod jobs;
@@ -47,8 +48,8 @@ use tether::proto::{
     enrollment_server::EnrollmentServer, server_frame, tunnel_server::TunnelServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::service::Routes;
 use tracing::{error, info, warn};
 
 pub use crate::config::Config;
@@ -363,29 +364,31 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let server_stop = CancellationToken::new();
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(tether::client::KEEPALIVE))
-        .http2_keepalive_timeout(Some(tether::client::KEEPALIVE))
-        .initial_stream_window_size(tether::client::STREAM_WINDOW)
-        .initial_connection_window_size(tether::client::CONNECTION_WINDOW)
-        .max_concurrent_streams(state.config.max_concurrent_streams)
-        .add_service(
-            TunnelServer::new(TunnelService::new(state.clone()))
-                .max_decoding_message_size(services::tunnel::MAX_MESSAGE),
-        )
-        .add_service(EnrollmentServer::new(EnrollmentService::new(state.clone())))
-        .add_service(AdminServer::new(AdminService::new(state.clone())))
-        .add_service(
-            DialServer::new(DialService::new(state.clone()))
-                .max_decoding_message_size(services::dial::MAX_MESSAGE),
-        )
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            ReceiverStream::new(incoming),
-            server_stop.clone().cancelled_owned(),
-        );
+    let routes = Routes::new(
+        TunnelServer::new(TunnelService::new(state.clone()))
+            .max_decoding_message_size(services::tunnel::MAX_MESSAGE),
+    )
+    .add_service(EnrollmentServer::new(EnrollmentService::new(state.clone())))
+    .add_service(AdminServer::new(AdminService::new(state.clone())))
+    .add_service(
+        DialServer::new(DialService::new(state.clone()))
+            .max_decoding_message_size(services::dial::MAX_MESSAGE),
+    )
+    .add_service(health_service)
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha)
+    .prepare();
+    let server = grpc_server::serve(
+        routes,
+        incoming,
+        grpc_server::Settings {
+            keepalive: tether::client::KEEPALIVE,
+            stream_window: tether::client::STREAM_WINDOW,
+            connection_window: tether::client::CONNECTION_WINDOW,
+            max_concurrent_streams: state.config.max_concurrent_streams,
+        },
+        server_stop.clone(),
+    );
     let server_task = tokio::spawn(server);
     let ops_cancel = CancellationToken::new();
     let ops_task = tokio::spawn(ops::serve(ops_listener, state.clone(), ops_cancel.clone()));
@@ -414,8 +417,7 @@ pub async fn run(
     accept_cancel.cancel();
     server_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "the gRPC server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "the gRPC server task failed"),
         Err(_) => warn!("the gRPC server did not stop within 5 s; exiting anyway"),
     }
