@@ -11,8 +11,13 @@
 //! peer's address and certificate chain in every request (tonic's
 //! `Request::remote_addr` and `peer_certs` read them), and a graceful
 //! shutdown that stops taking connections, sends GOAWAY and waits for the
-//! open ones to end. Not kept: tonic cutting a call short when the
-//! client's `grpc-timeout` passes; clients enforce their own deadline.
+//! open ones to end. Changed: hyper's limit of 1,024 streams this side
+//! resets for an error over a connection's life (streams refused over
+//! `max_concurrent_streams` count) applies, after which the client gets
+//! GOAWAY and reconnects; tonic's server turned that protection
+//! (RUSTSEC-2024-0003) off. Not kept: tonic cutting a call short when the
+//! client's `grpc-timeout` passes before the response headers; clients
+//! enforce their own deadline, and a cancelled call resets its stream.
 
 use std::{io, pin::pin, time::Duration};
 
