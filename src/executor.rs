@@ -7,8 +7,9 @@
 //! as one that yielded: it queues the task behind the others and wakes an
 //! idle worker thread to come and steal it. On a round trip that is, in each
 //! process and for each message, a futex wake, a context switch and the
-//! preemption of the thread doing the work (docs/benchmarks.md, "Round trip:
-//! the self-wake"). [`Rewake`] polls such a task again at once instead.
+//! preemption of the thread doing the work (docs/benchmarks.md, peers
+//! section, "The self-wake, removed"). [`Rewake`] polls such a task again
+//! at once instead.
 
 use std::{
     future::Future,
